@@ -1,0 +1,29 @@
+"""checkpoint -> nn.Module -> ONNX (torch); ONNX -> TensorRT engine (tensorrt, no torch).
+
+The ONNX side needs the `export` extra (torch, onnx); import it from here:
+
+    from rexport.exporter import build_model, load_checkpoint, load_model, export_onnx, ExportConfig
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "build_model": "zoo", "list_models": "zoo", "get_arch": "zoo", "count_parameters": "zoo",
+    "load_checkpoint": "checkpoint", "load_model": "checkpoint", "Checkpoint": "checkpoint",
+    "LoadedModel": "checkpoint",
+    "export_onnx": "onnx_export", "ExportConfig": "onnx_export", "ParityConfig": "onnx_export",
+    "ExportResult": "onnx_export", "check_parity": "onnx_export",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """Import lazily, so `rexport.exporter.<tensorrt module>` works on devices without torch."""
+    if name in _EXPORTS:
+        from rexport.errors import require
+
+        require("torch", "export", "export PyTorch models")
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

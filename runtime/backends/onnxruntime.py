@@ -1,0 +1,61 @@
+"""ONNX Runtime backend: CPU, CUDA or TensorRT execution providers."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from rexport.errors import InputError, RexportError, require
+from rexport.runtime.backends.base import Backend
+
+# What "auto" tries, best first; only those this onnxruntime build has are used.
+AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                    "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider"}
+
+
+def resolve_providers(providers: str | list[str] | tuple[str, ...] = "auto") -> list[str]:
+    ort = require("onnxruntime", "ort", "run ONNX models")
+    available = ort.get_available_providers()
+    if providers == "auto":
+        return [p for p in AUTO_PROVIDERS if p in available] or list(available)
+    names = [providers] if isinstance(providers, str) else list(providers)
+    resolved = [PROVIDER_ALIASES.get(p.lower(), p) for p in names]
+    missing = [p for p in resolved if p not in available]
+    if missing:
+        raise InputError(f"onnxruntime here has no {', '.join(missing)} (available: {', '.join(available)}); "
+                         "for GPUs install rexport[gpu] (onnxruntime-gpu) on a machine with NVIDIA drivers")
+    return resolved
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, model: str | os.PathLike | bytes, *, providers: str | list[str] = "auto",
+                 threads: int | None = None):
+        ort = require("onnxruntime", "ort", "run ONNX models")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only; we report what matters ourselves
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self.providers = resolve_providers(providers)
+        try:
+            source = model if isinstance(model, bytes) else os.fspath(model)
+            self.session = ort.InferenceSession(source, options, providers=self.providers)
+        except Exception as e:  # onnxruntime raises its own exception types per failure
+            where = "the model" if isinstance(model, bytes) else str(model)
+            raise RexportError(f"onnxruntime cannot load {where}: {str(e).splitlines()[0]}") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise InputError(f"expected a model with one image input, found {len(inputs)} inputs")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inputs[0].shape)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: x})[0]

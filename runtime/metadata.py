@@ -1,0 +1,183 @@
+"""What a model file says about itself: `ModelInfo`.
+
+The same fields travel in three places, always through this module:
+- ONNX `metadata_props` (string key -> string value; structured values as JSON),
+- a bundle's `rexport.json`,
+- a TensorRT engine's sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from rexport import __version__
+from rexport.errors import InputError
+from rexport.runtime.preprocess import Preprocess
+
+PRECISIONS = ("fp32", "fp16", "int8", "mixed")
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """Batch sizes a model accepts: min <= opt <= max (opt: what TensorRT tunes for)."""
+
+    min: int = 1
+    opt: int = 8
+    max: int = 32
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.min <= self.opt <= self.max):
+            raise InputError(f"batch range must satisfy 1 <= min <= opt <= max, got "
+                             f"{self.min}:{self.opt}:{self.max}")
+
+    @property
+    def static(self) -> bool:
+        return self.min == self.max
+
+    @classmethod
+    def parse(cls, text: str | int | "BatchRange") -> "BatchRange":
+        """"N" (static), "MIN:MAX" (opt = min(8, max) clamped into range) or "MIN:OPT:MAX"."""
+        if isinstance(text, BatchRange):
+            return text
+        try:
+            parts = [int(p) for p in str(text).split(":")]
+        except ValueError:
+            parts = []
+        if len(parts) == 1:
+            return cls(parts[0], parts[0], parts[0])
+        if len(parts) == 2:
+            return cls(parts[0], max(parts[0], min(8, parts[1])), parts[1])
+        if len(parts) == 3:
+            return cls(*parts)
+        raise InputError(f"batch must be N, MIN:MAX or MIN:OPT:MAX (e.g. 1:8:32), not {text!r}")
+
+    def __str__(self) -> str:
+        return str(self.min) if self.static else f"{self.min}:{self.opt}:{self.max}"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Everything needed to feed a model and read its answer, plus where it came from."""
+
+    num_classes: int
+    input_shape: tuple[int, int, int]  # C, H, W (layout NCHW)
+    preprocess: Preprocess
+    batch: BatchRange = BatchRange()
+    input_name: str = "input"
+    output_name: str = "logits"
+    arch: str | None = None
+    arch_options: dict = field(default_factory=dict)
+    labels: tuple[str, ...] | None = None
+    precision: str = "fp32"
+    source_sha256: str | None = None  # the PyTorch checkpoint's
+    calibration: dict | None = None  # method, target, data hash, samples, census...
+    rexport_version: str = __version__
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        if self.labels is not None:
+            object.__setattr__(self, "labels", tuple(str(v) for v in self.labels))
+            if len(self.labels) != self.num_classes:
+                raise InputError(f"{len(self.labels)} labels given for a model with "
+                                 f"{self.num_classes} classes; give exactly one label per class")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if len(self.input_shape) != 3:
+            raise InputError(f"input shape must be (channels, height, width), not {self.input_shape}")
+        if self.input_shape[1:] != self.preprocess.size:
+            raise InputError(f"preprocess crops to {self.preprocess.size} but the model takes "
+                             f"{self.input_shape[1:]}; make them equal")
+        if self.input_shape[0] != self.preprocess.num_channels:
+            raise InputError(f"preprocess gives {self.preprocess.num_channels} channel(s) "
+                             f"({self.preprocess.channels}) but the model takes {self.input_shape[0]}")
+
+    def replace(self, **changes) -> "ModelInfo":
+        return replace(self, **changes)
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if self.labels else str(index)
+
+    # -- serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "rexport_version": self.rexport_version,
+            "arch": self.arch,
+            "arch_options": self.arch_options,
+            "num_classes": self.num_classes,
+            "input": {"name": self.input_name, "shape": list(self.input_shape), "layout": "NCHW",
+                      "dtype": "float32", "batch": [self.batch.min, self.batch.opt, self.batch.max]},
+            "output": {"name": self.output_name, "kind": "logits"},
+            "preprocess": self.preprocess.to_dict(),
+            "labels": list(self.labels) if self.labels else None,
+            "precision": self.precision,
+            "source_sha256": self.source_sha256,
+            "calibration": self.calibration,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelInfo":
+        try:
+            inp, out = d["input"], d.get("output", {})
+            return cls(num_classes=int(d["num_classes"]), input_shape=tuple(inp["shape"]),
+                       preprocess=Preprocess.from_dict(d["preprocess"]),
+                       batch=BatchRange(*inp.get("batch", (1, 8, 32))),
+                       input_name=inp.get("name", "input"), output_name=out.get("name", "logits"),
+                       arch=d.get("arch"), arch_options=d.get("arch_options") or {},
+                       labels=d.get("labels"), precision=d.get("precision", "fp32"),
+                       source_sha256=d.get("source_sha256"), calibration=d.get("calibration"),
+                       rexport_version=d.get("rexport_version", "unknown"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"model description is incomplete or invalid ({type(e).__name__}: {e}); "
+                             "was this file written by rexport?") from None
+
+    def to_props(self) -> dict[str, str]:
+        """ONNX metadata_props: one key per top-level field; structured values as JSON."""
+        return {k: v if isinstance(v, str) else json.dumps(v)
+                for k, v in self.to_dict().items() if v is not None}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> "ModelInfo":
+        if "num_classes" not in props or "input" not in props:
+            raise InputError("the ONNX file has no rexport metadata (num_classes, input, preprocess); "
+                             "export it with `rexport onnx` or give the preprocessing explicitly")
+        d = {}
+        for k, v in props.items():
+            try:
+                d[k] = json.loads(v)
+            except ValueError:
+                d[k] = v  # plain strings (arch, precision, hashes)
+        return cls.from_dict(d)
+
+
+def load_labels(path: str | os.PathLike) -> tuple[str, ...]:
+    """Labels from a text file (one per line) or JSON (a list, or {"0": "name"} / {"0": [id, name]})."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"labels file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise InputError(f"labels file {path} is not valid JSON: {e}") from None
+        if isinstance(data, dict):
+            try:
+                items = sorted((int(k), v) for k, v in data.items())
+            except ValueError:
+                raise InputError(f"labels file {path}: JSON object keys must be class indices") from None
+            if [i for i, _ in items] != list(range(len(items))):
+                raise InputError(f"labels file {path}: class indices must run 0..{len(items) - 1} without gaps")
+            data = [v[-1] if isinstance(v, list) else v for _, v in items]
+        if not isinstance(data, list) or not all(isinstance(v, (str, int)) for v in data):
+            raise InputError(f"labels file {path}: expected a list of names or an index -> name object")
+        labels = [str(v) for v in data]
+    else:
+        labels = [line.strip() for line in text.splitlines()]
+        while labels and not labels[-1]:
+            labels.pop()
+    if not labels:
+        raise InputError(f"labels file {path} is empty")
+    return tuple(labels)

@@ -1,0 +1,269 @@
+"""The preprocessing contract between training and the torch-free runtime.
+
+`Preprocess` describes the eval transform a model was trained with; `preprocess()` applies it
+to images and returns the NCHW float32 batch the model takes. The steps and their arithmetic
+are torchvision's eval transform on PIL images, so a model sees at the edge exactly what it
+saw in validation:
+
+    decode (PIL) -> .convert("RGB") (as ImageFolder's loader does)
+    -> Resize(shorter side)    torchvision's size rule; PIL resampling, antialiased like PIL
+    -> CenterCrop(h, w)        zero-pads first when the image is smaller, like CenterCrop
+    -> ToTensor                uint8 HWC -> float32 CHW, divided by `max_pixel_value`
+    -> Normalize(mean, std)    (x - mean) / std in float32
+
+Calibration, validation, the demo's training and the Predictor all call this one module.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from rexport.errors import InputError
+
+INTERPOLATIONS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+CHANNEL_ORDERS = {"RGB": 3, "BGR": 3, "L": 1}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+ImageLike = Union[str, os.PathLike, bytes, np.ndarray, Any]  # Any: a PIL.Image.Image
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How raw images become model input.
+
+    size:            final (height, width), the model's input size
+    resize:          shorter side to resize to before the crop; None keeps the image size
+    mean, std:       per channel, in the model's channel order, applied after scaling
+    interpolation:   PIL resampling filter for the resize
+    channels:        "RGB", "BGR" or "L" (grayscale, one channel)
+    max_pixel_value: pixels are divided by this first (255: 0..1 as ToTensor; 1: raw 0..255)
+    """
+
+    size: tuple[int, int]
+    resize: int | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    channels: str = "RGB"
+    max_pixel_value: float = 255.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", tuple(int(v) for v in self.size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise InputError(f"preprocess size must be (height, width) > 0, not {self.size}")
+        if self.resize is not None and int(self.resize) < 1:
+            raise InputError(f"preprocess resize must be a positive shorter side, not {self.resize}")
+        if self.channels not in CHANNEL_ORDERS:
+            raise InputError(f"channels must be one of {', '.join(CHANNEL_ORDERS)}, not {self.channels!r}")
+        n = CHANNEL_ORDERS[self.channels]
+        if len(self.mean) != n or len(self.std) != n:
+            raise InputError(f"{self.channels} input needs {n} mean and {n} std values, "
+                             f"got {len(self.mean)} and {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise InputError(f"std values must be positive, not {self.std}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise InputError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                             f"not {self.interpolation!r}")
+        if self.max_pixel_value <= 0:
+            raise InputError(f"max_pixel_value must be positive, not {self.max_pixel_value}")
+
+    @property
+    def num_channels(self) -> int:
+        return CHANNEL_ORDERS[self.channels]
+
+    @classmethod
+    def imagenet(cls, size: int | tuple[int, int] = 224, channels: str = "RGB") -> "Preprocess":
+        """torchvision's classification preset: Resize(size/0.875) + CenterCrop(size)."""
+        h, w = (size, size) if isinstance(size, int) else size
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        if channels == "BGR":
+            mean, std = mean[::-1], std[::-1]
+        elif channels == "L":
+            mean, std = (0.449,), (0.226,)
+        return cls((h, w), int(min(h, w) / 0.875), mean, std, channels=channels)
+
+    @classmethod
+    def cifar(cls, size: int | tuple[int, int] = 32, channels: str = "RGB") -> "Preprocess":
+        """CIFAR-10 statistics; images are resized so the shorter side equals the input."""
+        h, w = (size, size) if isinstance(size, int) else size
+        mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+        if channels == "BGR":
+            mean, std = mean[::-1], std[::-1]
+        elif channels == "L":
+            mean, std = (0.4809,), (0.2392,)
+        return cls((h, w), min(h, w), mean, std, channels=channels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        try:
+            return cls(size=tuple(d["size"]), resize=d.get("resize"), mean=tuple(d["mean"]),
+                       std=tuple(d["std"]), interpolation=d.get("interpolation", "bilinear"),
+                       channels=d.get("channels", "RGB"),
+                       max_pixel_value=float(d.get("max_pixel_value", 255.0)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"invalid preprocess description {d!r}: {e}") from None
+
+
+@dataclass(frozen=True)
+class PreprocessOverrides:
+    """Changes to a model's recorded preprocessing (None keeps the recorded value)."""
+
+    resize: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None
+    channels: str | None = None
+    max_pixel_value: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in asdict(self).values())
+
+    def apply(self, base: Preprocess) -> Preprocess:
+        changes = {k: v for k, v in asdict(self).items() if v is not None}
+        if "channels" in changes and changes["channels"] != base.channels and "mean" not in changes:
+            if {changes["channels"], base.channels} != {"RGB", "BGR"}:
+                raise InputError(f"changing channels from {base.channels} to {changes['channels']} needs "
+                                 "--mean and --std for the new channels")
+            changes.setdefault("mean", base.mean[::-1])
+            changes.setdefault("std", base.std[::-1])
+        return replace(base, **changes)
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise InputError("Pillow is needed to read images; run: pip install Pillow") from None
+    return Image
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def open_image(src: ImageLike):
+    """Decode a path, bytes, PIL image or HWC uint8 array into a loaded PIL image."""
+    Image = _pil()
+    if isinstance(src, Image.Image):
+        return src
+    if isinstance(src, np.ndarray):
+        return _array_to_pil(src)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        fp, name = io.BytesIO(bytes(src)), "image bytes"
+    elif isinstance(src, (str, os.PathLike)):
+        if not os.path.exists(src):
+            raise InputError(f"image {src} does not exist")
+        if os.path.isdir(src):
+            raise InputError(f"{src} is a directory, not an image")
+        fp, name = src, str(src)
+    else:
+        raise InputError(f"cannot read an image from {type(src).__name__}; give a path, bytes, "
+                         "a PIL image or an HxWxC uint8 array")
+    try:
+        img = Image.open(fp)
+        img.load()
+    except Exception as e:  # PIL raises many types: UnidentifiedImageError, OSError, SyntaxError...
+        raise InputError(f"{name} is not an image PIL can decode ({type(e).__name__}: {e})") from None
+    return img
+
+
+def _array_to_pil(a: np.ndarray):
+    Image = _pil()
+    if a.dtype != np.uint8:
+        raise InputError(f"image arrays must be uint8 HxW or HxWxC (C = 1, 3 or 4), got dtype {a.dtype}; "
+                         "pass already-preprocessed float tensors to run() instead")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(a), "L")
+    if a.ndim == 3 and a.shape[2] in (3, 4):
+        return Image.fromarray(np.ascontiguousarray(a), "RGB" if a.shape[2] == 3 else "RGBA")
+    raise InputError(f"image arrays must be HxW or HxWxC with C = 1, 3 or 4, got shape {a.shape}")
+
+
+def to_mode(img, channels: str):
+    """Convert to the model's colour mode the way torchvision's ImageFolder loader does
+    (`.convert("RGB")`), so grayscale, RGBA, CMYK and palette images match training."""
+    target = "L" if channels == "L" else "RGB"
+    if img.mode == target:
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits, not clip
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = _pil().fromarray(np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+        if img.mode == target:
+            return img
+    with warnings.catch_warnings():  # "Palette images with Transparency..." is expected here
+        warnings.simplefilter("ignore")
+        return img.convert(target)
+
+
+def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """torchvision's Resize(int) rule: the shorter side becomes `shorter`, the longer one is
+    scaled and truncated. Returns (width, height)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = shorter, int(shorter * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def resize_and_crop(img, spec: Preprocess):
+    """Resize(shorter side) + CenterCrop(size) on a PIL image, as torchvision does."""
+    Image = _pil()
+    if spec.resize is not None:
+        size = resized_size(img.width, img.height, int(spec.resize))
+        if size != img.size:
+            img = img.resize(size, INTERPOLATIONS[spec.interpolation])
+    crop_h, crop_w = spec.size
+    if crop_w > img.width or crop_h > img.height:  # CenterCrop pads with zeros first
+        left, top = (crop_w - img.width) // 2 if crop_w > img.width else 0, \
+            (crop_h - img.height) // 2 if crop_h > img.height else 0
+        canvas = Image.new(img.mode, (max(crop_w, img.width), max(crop_h, img.height)), 0)
+        canvas.paste(img, (left, top))
+        img = canvas
+    if img.size == (crop_w, crop_h):
+        return img
+    top = int(round((img.height - crop_h) / 2.0))
+    left = int(round((img.width - crop_w) / 2.0))
+    return img.crop((left, top, left + crop_w, top + crop_h))
+
+
+def normalize(pixels: np.ndarray, spec: Preprocess) -> np.ndarray:
+    """uint8 HWC (or HW) -> float32 CHW: divide by max_pixel_value, then (x - mean) / std."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if spec.channels == "BGR":
+        pixels = pixels[:, :, ::-1]
+    x = pixels.astype(np.float32) / np.float32(spec.max_pixel_value)
+    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess_one(src: ImageLike, spec: Preprocess) -> np.ndarray:
+    """One image -> float32 CHW array."""
+    img = resize_and_crop(to_mode(open_image(src), spec.channels), spec)
+    return normalize(np.asarray(img, dtype=np.uint8), spec)
+
+
+def preprocess(images: ImageLike | Sequence[ImageLike] | Iterable[ImageLike], spec: Preprocess) -> np.ndarray:
+    """Images -> float32 NCHW batch. A single image gives a batch of one."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:  # N x H x W x C uint8
+        images = list(images)
+    elif isinstance(images, (str, os.PathLike, bytes, bytearray, np.ndarray)) or hasattr(images, "mode"):
+        images = [images]
+    batch = [preprocess_one(img, spec) for img in images]
+    if not batch:
+        raise InputError("no images given")
+    return np.stack(batch)

@@ -1,0 +1,30 @@
+"""Test helpers shared by tests and by the fixture generators in tests/fixtures/."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+
+def deterministic_tensor(key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Weights that depend only on the key name and shape, with realistic scales, so a model
+    built by another library can be given identical weights without storing them."""
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    if key.endswith("num_batches_tracked"):
+        return np.zeros(shape, np.int64)
+    noise = rng.standard_normal(shape).astype(np.float32)
+    if len(shape) == 4 or (len(shape) == 2 and key.endswith("weight")):  # conv / linear weight
+        fan_in = int(np.prod(shape[1:]))
+        return noise * np.float32(np.sqrt(2.0 / fan_in))
+    if key.endswith("running_var"):
+        return 1.0 + 0.2 * np.abs(noise)
+    if key.endswith("weight"):  # batchnorm gamma, small enough that deep stacks stay in range
+        return 0.25 + 0.05 * noise
+    return 0.1 * noise  # biases, betas, running means
+
+
+def deterministic_state_dict(shapes: dict[str, tuple[int, ...]]):
+    import torch
+
+    return {k: torch.from_numpy(deterministic_tensor(k, tuple(s))) for k, s in shapes.items()}

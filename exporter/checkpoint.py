@@ -135,8 +135,8 @@ def _torch_load(path: Path, unsafe_pickle: bool):
     except (ModuleNotFoundError, AttributeError) as e:  # unsafe load of a class that is not importable
         raise InputError(f"checkpoint {path} needs {_first_line(e)!r} to unpickle; install the code that "
                          "defined the model or re-save its state_dict") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise InputError(f"checkpoint {path} is truncated or corrupt ({_first_line(e)})") from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, struct.error... for damaged files
+        raise InputError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {_first_line(e)})") from None
 
 
 def _unsafe_globals(path: Path) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import zlib
 
 import numpy as np
@@ -28,3 +29,28 @@ def deterministic_state_dict(shapes: dict[str, tuple[int, ...]]):
     import torch
 
     return {k: torch.from_numpy(deterministic_tensor(k, tuple(s))) for k, s in shapes.items()}
+
+
+class CliResult:
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.exit_code = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+    def __repr__(self) -> str:
+        return f"<exit {self.exit_code}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}>"
+
+
+def assert_clean_error(result: CliResult, *fragments: str, code: int | None = None) -> None:
+    """A user error: non-zero exit, exactly one `error:` line naming the problem, no traceback."""
+    assert result.exit_code != 0, result
+    if code is not None:
+        assert result.exit_code == code, result
+    assert "Traceback" not in result.stderr, result
+    assert len(result.error_lines) == 1, result
+    for fragment in fragments:
+        assert fragment.lower() in result.error_lines[0].lower(), result

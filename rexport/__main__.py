@@ -1,0 +1,3 @@
+from rexport.cli import main
+
+main()

@@ -1,0 +1,52 @@
+"""The README's main job: `rexport demo` on the embedded model, end to end."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from helpers import assert_clean_error
+from rexport.demo import data
+from rexport.runtime.metadata import ModelInfo
+
+
+def test_embedded_dataset_and_card():
+    train, test = data.split("train"), data.split("test")
+    assert len(train.labels) == 1437 and len(test.labels) == 360
+    assert train.images.shape[1:] == (8, 8) and train.images.dtype.name == "uint8"
+    assert set(test.labels.tolist()) == set(range(10))
+    card = data.card()
+    assert card["arch"] == "resnet20" and card["test_top1"] >= 0.97
+
+
+def test_demo_runs_the_pipeline(run_cli, tmp_path):
+    result = run_cli("demo", "-o", "out")
+    assert result.exit_code == 0, result
+    out = tmp_path / "out"
+    text = result.stdout
+    assert "parity" in text and "FAIL" not in text
+    onnx_path = out / "resnet20_digits.onnx"
+    info = ModelInfo.from_props({p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props})
+    assert info.labels == data.LABELS and info.arch == "resnet20"
+    assert len(list((out / "images").rglob("*.png"))) == 360
+    # held-out accuracy line for ONNX: top-1 parsed from the table
+    onnx_row = next(line for line in text.splitlines() if "ONNX FP32" in line)
+    top1 = float(onnx_row.split()[3].rstrip("%"))
+    assert top1 >= 97.0
+
+    again = run_cli("demo", "-o", "out")  # a previous demo's directory is replaced
+    assert again.exit_code == 0, again
+    assert "replacing the previous demo output" in again.stderr
+
+
+def test_demo_refuses_a_directory_it_did_not_write(run_cli, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    assert_clean_error(run_cli("demo", "-o", "mine"), "not written by `rexport demo`")
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+@pytest.mark.parametrize("split", ["validation"])
+def test_unknown_split(split):
+    with pytest.raises(ValueError):
+        data.split(split)

@@ -265,11 +265,22 @@ def _describe(m: _Mismatch, limit: int = 3) -> str:
     return "; ".join(parts)
 
 
+def _stage_depths(state: dict) -> tuple[int, ...]:
+    """Blocks per stage, read from `layer{s}.{i}.` keys: a cheap filter before building archs."""
+    blocks: dict[int, set[str]] = {}
+    for key in state:
+        parts = key.split(".")
+        if len(parts) > 2 and parts[0].startswith("layer") and parts[0][5:].isdigit():
+            blocks.setdefault(int(parts[0][5:]), set()).add(parts[1])
+    return tuple(len(blocks[s]) for s in sorted(blocks))
+
+
 def _fitting_archs(state: dict, num_classes: int, in_channels: int) -> list[str]:
     """Every zoo arch (any shortcut option) whose state dict the checkpoint matches exactly."""
-    return [arch.name for arch in zoo.ARCHS.values()
-            if any(_diff(state, _shapes(arch.name, num_classes, in_channels, shortcut)).ok
-                   for shortcut in arch.shortcuts or (None,))]
+    depths = _stage_depths(state)
+    return [arch.name for arch in zoo.ARCHS.values() if arch.layers == depths
+            and any(_diff(state, _shapes(arch.name, num_classes, in_channels, shortcut)).ok
+                    for shortcut in arch.shortcuts or (None,))]
 
 
 def _normalized_state(ckpt: Checkpoint, key_map, notes: list[str]) -> dict:

@@ -144,6 +144,42 @@ def preprocess_overrides(*, mean, std, resize, channels, interpolation, max_pixe
                                interpolation=interpolation, channels=channels, max_pixel_value=max_pixel_value)
 
 
+def calibration_options(f):
+    """Flags shared by `rexport calibrate` and `rexport onnx --int8`."""
+    for decorator in reversed([
+        click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="entropy",
+                     show_default=True, help="Calibrator for activation ranges."),
+        click.option("--percentile", type=float, default=99.99, show_default=True, help="For --method percentile."),
+        click.option("--target", type=click.Choice(["trt", "cpu"]), default="trt", show_default=True,
+                     help="trt: int8 symmetric for TensorRT; cpu: uint8 activations for ONNX Runtime on CPUs."),
+        click.option("--samples", type=int, default=512, show_default=True, help="Calibration samples."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed."),
+        click.option("--val-data", help="Held-out data for scores and the budget (default: the calibration data)."),
+        click.option("--max-top1-drop", type=float, help="Accuracy budget in top-1 points (needs labels)."),
+        click.option("--min-agreement", type=float, help="Budget as a top-1 agreement floor with FP32, 0..1."),
+        click.option("--keep-float", multiple=True, metavar="NODE", help="Keep this Conv/Gemm in float (repeatable)."),
+        click.option("--no-stats-cache", is_flag=True, help="Recollect activation statistics."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def quantize_config(data, *, method, percentile, target, samples, seed, val_data, max_top1_drop, min_agreement,
+                    keep_float, no_stats_cache, overwrite, preprocess=None, cache=None):
+    from rexport.calibration import Budget, QuantizeConfig
+
+    return QuantizeConfig(data=data, method=method, percentile=percentile, target=target, samples=samples,
+                          seed=seed, val_data=val_data, budget=Budget(max_top1_drop, min_agreement),
+                          keep_float=tuple(keep_float), use_stats_cache=not no_stats_cache, overwrite=overwrite,
+                          preprocess=preprocess, cache=cache)
+
+
+def sibling(path: str | Path, tag: str) -> Path:
+    """model.onnx -> model.<tag>.onnx"""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{tag}{path.suffix or '.onnx'}")
+
+
 @cli.command("onnx")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--arch", help="Architecture (see `rexport models`); detected from the checkpoint if left out.")
@@ -162,12 +198,19 @@ def preprocess_overrides(*, mean, std, resize, channels, interpolation, max_pixe
 @click.option("--atol", type=float, default=1e-3, show_default=True, help="Parity: absolute tolerance on logits.")
 @click.option("--rtol", type=float, default=1e-3, show_default=True, help="Parity: relative tolerance on logits.")
 @click.option("--no-parity", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check.")
+@click.option("--fp16", is_flag=True, help="Also write OUTPUT.fp16.onnx.")
+@click.option("--int8", is_flag=True, help="Also calibrate OUTPUT.int8.onnx (needs --calib-data).")
+@click.option("--calib-data", help="Calibration data for --int8 (and the FP16 range check).")
+@calibration_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the export report as JSON.")
-@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--force", is_flag=True, help="Replace existing output files.")
 def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, exporter, labels, key_map, shortcut,
              unsafe_pickle, mean, std, resize, channels, interpolation, max_pixel_value, images, atol, rtol,
-             no_parity, json_path, force) -> None:
-    """Export CHECKPOINT to a verified ONNX file."""
+             no_parity, fp16, int8, calib_data, method, percentile, target, samples, seed, val_data, max_top1_drop,
+             min_agreement, keep_float, no_stats_cache, json_path, force) -> None:
+    """Export CHECKPOINT to a verified ONNX file (and FP16 / INT8 versions)."""
+    if int8 and not calib_data:
+        raise InputError("--int8 needs --calib-data (an image folder, .npy/.npz or demo)")
     from rexport.exporter import ExportConfig, ParityConfig, export_onnx, load_checkpoint
     from rexport.exporter.checkpoint import detect_arch
     from rexport.runtime.compare import Tolerance
@@ -186,20 +229,195 @@ def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, ex
                           preprocess=preprocess_overrides(mean=mean, std=std, resize=resize, channels=channels,
                                                           interpolation=interpolation, max_pixel_value=max_pixel_value),
                           parity=ParityConfig(enabled=not no_parity, tolerance=Tolerance(atol, rtol), images=images))
+    if fp16 or int8:  # fail before the long work if these outputs are taken
+        from rexport.files import check_output
+
+        for tag, wanted in (("fp16", fp16), ("int8", int8)):
+            if wanted:
+                check_output(sibling(output, tag), overwrite=force)
     result = export_onnx(ckpt, output, config)
+    report = {"export": result.to_dict()}
+    click.echo(result.format())
+    if fp16:
+        from rexport.calibration import load_calibration_data, to_fp16
+
+        inputs = load_calibration_data(calib_data, result.info, samples=64).inputs if calib_data else None
+        converted = to_fp16(output, sibling(output, "fp16"), inputs=inputs, overwrite=force)
+        report["fp16"] = {"output": str(converted.path), "kept_fp32": converted.kept_fp32}
+        click.echo(converted.format())
+    if int8:
+        from rexport.calibration import quantize
+
+        quantized = quantize(output, sibling(output, "int8"), quantize_config(
+            calib_data, method=method, percentile=percentile, target=target, samples=samples, seed=seed,
+            val_data=val_data, max_top1_drop=max_top1_drop, min_agreement=min_agreement, keep_float=keep_float,
+            no_stats_cache=no_stats_cache, overwrite=force))
+        report["int8"] = quantized.to_dict()
+        click.echo(quantized.format())
+    write_json(json_path, report)
+
+
+@cli.command("calibrate")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="Image folder (class subfolders or flat), .npy/.npz, or demo[:train|:test].")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output (default: MODEL.int8.onnx).")
+@calibration_options
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
+              help="TensorRT 10 calibration cache to write (trt target; default: OUTPUT with .cache).")
+@preprocess_options
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--force", is_flag=True, help="Replace existing outputs.")
+def calibrate_cmd(model, data, output, method, percentile, target, samples, seed, val_data, max_top1_drop,
+                  min_agreement, keep_float, no_stats_cache, cache_path, mean, std, resize, channels, interpolation,
+                  max_pixel_value, json_path, force) -> None:
+    """Calibrate MODEL (an FP32 ONNX from `rexport onnx`) to an INT8 Q/DQ ONNX."""
+    from rexport.calibration import quantize
+
+    config = quantize_config(
+        data, method=method, percentile=percentile, target=target, samples=samples, seed=seed, val_data=val_data,
+        max_top1_drop=max_top1_drop, min_agreement=min_agreement, keep_float=keep_float,
+        no_stats_cache=no_stats_cache, overwrite=force, cache=cache_path,
+        preprocess=preprocess_overrides(mean=mean, std=std, resize=resize, channels=channels,
+                                        interpolation=interpolation, max_pixel_value=max_pixel_value))
+    result = quantize(model, output or sibling(model, "int8"), config)
     write_json(json_path, result.to_dict())
     click.echo(result.format())
+
+
+@cli.command("fp16")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output (default: MODEL.fp16.onnx).")
+@click.option("--data", help="Samples to check the FP16 range on (default: random inputs).")
+@click.option("--samples", type=int, default=64, show_default=True)
+@click.option("--keep-fp32", multiple=True, metavar="NODE", help="Keep this node in FP32 (repeatable).")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+def fp16_cmd(model, output, data, samples, keep_fp32, force) -> None:
+    """Convert MODEL (an FP32 ONNX) to FP16 weights and compute with FP32 inputs and outputs."""
+    from rexport.calibration import load_calibration_data, to_fp16
+    from rexport.calibration.fp16 import read_model
+
+    inputs = None
+    if data:
+        inputs = load_calibration_data(data, read_model(model)[1], samples=samples).inputs
+    result = to_fp16(model, output or sibling(model, "fp16"), inputs=inputs, keep_fp32=tuple(keep_fp32),
+                     overwrite=force)
+    click.echo(result.format())
+
+
+@cli.command("validate")
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="Image folder, .npy/.npz, or demo[:train|:test].")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="Use the PyTorch model as the reference (needs torch); default: the FP32 ONNX among MODELS.")
+@click.option("--samples", type=int, help="Use at most this many samples (default: all).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-top1-drop", type=float, help="Gate: top-1 points below the reference (needs labels).")
+@click.option("--min-agreement", type=float, help="Gate: top-1 agreement with the reference, 0..1.")
+@click.option("--providers", default="cpu", show_default=True, help="onnxruntime providers: cpu, cuda, tensorrt or auto.")
+@click.option("--unsafe-pickle", is_flag=True, help="Allow a full unpickle of --checkpoint (trusted files only).")
+@preprocess_options
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+def validate_cmd(models, data, checkpoint, samples, seed, max_top1_drop, min_agreement, providers, unsafe_pickle,
+                 mean, std, resize, channels, interpolation, max_pixel_value, json_path) -> None:
+    """Run MODELS (FP32/FP16/INT8 ONNX) on the same data and compare them with the reference."""
+    from rexport.errors import CheckFailed
+    from rexport.runtime.validate import Gates, validate
+
+    report = validate(list(models), data, checkpoint=checkpoint, samples=samples, seed=seed,
+                      gates=Gates(max_top1_drop, min_agreement), providers=providers, unsafe_pickle=unsafe_pickle,
+                      preprocess=preprocess_overrides(mean=mean, std=std, resize=resize, channels=channels,
+                                                      interpolation=interpolation, max_pixel_value=max_pixel_value))
+    write_json(json_path, report.to_dict())
+    click.echo(report.format())
+    if not report.passed:
+        raise CheckFailed(f"{sum(not r.passed for r in report.rows)} model(s) failed the gates ({report.gates.describe()})")
 
 
 @cli.command("demo")
 @click.option("-o", "--output", default="rexport-demo", show_default=True, type=click.Path(file_okay=False),
               help="Directory for everything the demo writes.")
-def demo_cmd(output: str) -> None:
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON.")
+def demo_cmd(output: str, json_path: str | None) -> None:
     """Run the whole pipeline on the embedded default model (ResNet-20 trained on digits)."""
     from rexport.demo.pipeline import run_demo
 
     result = run_demo(output)
     click.echo(result.format())
+    write_json(json_path, result.to_dict())
+    if not result.passed:
+        from rexport.errors import CheckFailed
+
+        raise CheckFailed("a model form missed the demo's accuracy gate (see the table above)")
+
+
+@cli.command("trt")
+@click.argument("onnx_path", metavar="ONNX", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Output engine (default: ONNX name [+ .fp16/.int8] + .engine); the sidecar is OUTPUT.json.")
+@click.option("--fp16", is_flag=True, help="FP16 engine: from an FP16 ONNX (made on the fly from an FP32 one).")
+@click.option("--int8", is_flag=True, help="INT8 engine: from a Q/DQ ONNX (calibrated on the fly with --calib-data).")
+@click.option("--fp16-flag", is_flag=True, help="TensorRT 10.x: BuilderFlag.FP16 on the FP32 ONNX instead.")
+@click.option("--legacy-calibrator", is_flag=True, help="TensorRT 10.x: TensorRT's own INT8 calibrator instead of Q/DQ.")
+@click.option("--weakly-typed", is_flag=True, help="TensorRT 10.x: build an FP16/Q-DQ ONNX weakly typed (with flags).")
+@click.option("--calib-data", help="Calibration data: image folder, .npy/.npz or demo (also validates, unless --val-data).")
+@click.option("--calib-method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
+              show_default=True)
+@click.option("--calib-samples", type=int, default=512, show_default=True)
+@click.option("--calib-cache", type=click.Path(dir_okay=False),
+              help="TensorRT 10 calibration cache: read if it exists, written after calibrating.")
+@click.option("--batch", help="MIN:OPT:MAX batch profile (default: the batch range recorded in the ONNX).")
+@click.option("--min-shapes", help="trtexec style NAME:DxDxDxD[,...]; with --opt-shapes and --max-shapes.")
+@click.option("--opt-shapes", help="See --min-shapes.")
+@click.option("--max-shapes", help="See --min-shapes.")
+@click.option("--workspace", help="Workspace limit: MiB, or with a unit (512M, 2G).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="Load if it exists; save after the build.")
+@click.option("--merge-timing-cache", multiple=True, type=click.Path(dir_okay=False),
+              help="Merge another timing cache in first (repeatable).")
+@click.option("--opt-level", type=int, help="Builder optimization level 0-5 (TensorRT's default 3).")
+@click.option("--hardware-compat", type=click.Choice(["none", "ampere_plus", "same_compute_capability"]),
+              default="none", show_default=True)
+@click.option("--version-compatible", is_flag=True, help="Engine that also runs on later TensorRT versions.")
+@click.option("--dla-core", type=int, help="Build for this DLA core (Jetson), with GPU fallback.")
+@click.option("--no-gpu-fallback", is_flag=True, help="With --dla-core: fail instead of running layers on the GPU.")
+@click.option("--no-validate", is_flag=True, help="Skip the check against ONNX Runtime on the FP32 ONNX.")
+@click.option("--val-data", help="Validation data (default: --calib-data, else random inputs).")
+@click.option("--val-samples", type=int, default=64, show_default=True)
+@click.option("--reference", type=click.Path(dir_okay=False),
+              help="FP32 ONNX to validate against (default: the input when it is FP32).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the build report as JSON.")
+@click.option("--force", is_flag=True, help="Replace an existing engine and sidecar.")
+def trt_cmd(onnx_path, output, fp16, int8, fp16_flag, legacy_calibrator, weakly_typed, calib_data, calib_method,
+            calib_samples, calib_cache, batch, min_shapes, opt_shapes, max_shapes, workspace, timing_cache,
+            merge_timing_cache, opt_level, hardware_compat, version_compatible, dla_core, no_gpu_fallback,
+            no_validate, val_data, val_samples, reference, seed, json_path, force) -> None:
+    """Build a TensorRT engine (+ sidecar) from ONNX and validate it against ONNX Runtime."""
+    from rexport.exporter.tensorrt import BuildConfig, build_engine, default_engine_name
+
+    if fp16 and int8:
+        raise InputError("give --fp16 or --int8, not both")
+    precision = "fp16" if fp16 else "int8" if int8 else None
+    config = BuildConfig(precision=precision, fp16_flag=fp16_flag, legacy_calibrator=legacy_calibrator,
+                         weakly_typed=weakly_typed, calib_data=calib_data, calib_method=calib_method,
+                         calib_samples=calib_samples, calib_cache=calib_cache, batch=batch, min_shapes=min_shapes,
+                         opt_shapes=opt_shapes, max_shapes=max_shapes, workspace=workspace, timing_cache=timing_cache,
+                         merge_timing_caches=merge_timing_cache, optimization_level=opt_level,
+                         hardware_compatibility=hardware_compat, version_compatible=version_compatible,
+                         dla_core=dla_core, gpu_fallback=not no_gpu_fallback, validate=not no_validate,
+                         val_data=val_data, val_samples=val_samples, reference=reference, seed=seed, overwrite=force)
+    result = build_engine(onnx_path, output or default_engine_name(onnx_path, precision), config)
+    write_json(json_path, result.to_dict())
+    click.echo(result.format())
+
+
+@cli.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def doctor_cmd(as_json: bool) -> None:
+    """Report TensorRT, CUDA, cuda-python, onnxruntime, the GPU and DLA: what is here, what is missing."""
+    from rexport.runtime.trt_compat import inspect_environment
+
+    report = inspect_environment()
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
 
 
 def main() -> None:

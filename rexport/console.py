@@ -2,7 +2,7 @@
 
 Library code logs to `logging.getLogger("rexport")` and wraps long loops in `progress()`;
 only the CLI configures handlers (`setup_logging`). Progress redraws one line on a terminal
-and logs a line every ~10% otherwise, so CI logs stay readable.
+and logs a line every ~25% otherwise, so CI logs stay readable.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit:
         return
     tty = sys.stderr.isatty()
     start = last = time.monotonic()
-    step = max(1, (total or 10) // 10)
+    step = max(1, (total or 4) // 4)
     done = 0
     for done, item in enumerate(items, 1):
         yield item

@@ -133,12 +133,13 @@ class PreprocessOverrides:
 
     def apply(self, base: Preprocess) -> Preprocess:
         changes = {k: v for k, v in asdict(self).items() if v is not None}
-        if "channels" in changes and changes["channels"] != base.channels and "mean" not in changes:
+        missing = [k for k in ("mean", "std") if k not in changes]
+        if "channels" in changes and changes["channels"] != base.channels and missing:
             if {changes["channels"], base.channels} != {"RGB", "BGR"}:
                 raise InputError(f"changing channels from {base.channels} to {changes['channels']} needs "
                                  "--mean and --std for the new channels")
-            changes.setdefault("mean", base.mean[::-1])
-            changes.setdefault("std", base.std[::-1])
+            for key in missing:  # RGB <-> BGR: the recorded statistics, in the new order
+                changes[key] = getattr(base, key)[::-1]
         return replace(base, **changes)
 
 
@@ -175,7 +176,9 @@ def open_image(src: ImageLike):
     try:
         img = Image.open(fp)
         img.load()
-    except Exception as e:  # PIL raises many types: UnidentifiedImageError, OSError, SyntaxError...
+    except Image.UnidentifiedImageError:  # its message names the file object, e.g. <_io.BytesIO at 0x...>
+        raise InputError(f"{name} is not an image PIL can decode (unknown or unsupported format)") from None
+    except Exception as e:  # PIL raises many types: OSError (truncated), SyntaxError, ValueError...
         raise InputError(f"{name} is not an image PIL can decode ({type(e).__name__}: {e})") from None
     return img
 
@@ -185,6 +188,8 @@ def _array_to_pil(a: np.ndarray):
     if a.dtype != np.uint8:
         raise InputError(f"image arrays must be uint8 HxW or HxWxC (C = 1, 3 or 4), got dtype {a.dtype}; "
                          "pass already-preprocessed float tensors to run() instead")
+    if a.size == 0:
+        raise InputError(f"image arrays must not be empty, got shape {a.shape}")
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if a.ndim == 2:
@@ -196,7 +201,8 @@ def _array_to_pil(a: np.ndarray):
 
 def to_mode(img, channels: str):
     """Convert to the model's colour mode the way torchvision's ImageFolder loader does
-    (`.convert("RGB")`), so grayscale, RGBA, CMYK and palette images match training."""
+    (`.convert("RGB")`, then `Grayscale()` for "L" models), so grayscale, RGBA, CMYK and
+    palette images match training."""
     target = "L" if channels == "L" else "RGB"
     if img.mode == target:
         return img
@@ -206,9 +212,13 @@ def to_mode(img, channels: str):
         img = _pil().fromarray(np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
         if img.mode == target:
             return img
-    with warnings.catch_warnings():  # "Palette images with Transparency..." is expected here
-        warnings.simplefilter("ignore")
-        return img.convert(target)
+    try:
+        with warnings.catch_warnings():  # "Palette images with Transparency..." is expected here
+            warnings.simplefilter("ignore")
+            rgb = img if img.mode in ("RGB", "L") else img.convert("RGB")  # the loader, then Grayscale
+            return rgb.convert(target)
+    except ValueError as e:  # e.g. "conversion from La to RGB not supported"
+        raise InputError(f"cannot convert a {img.mode} image to {target}: {e}") from None
 
 
 def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
@@ -257,13 +267,19 @@ def preprocess_one(src: ImageLike, spec: Preprocess) -> np.ndarray:
     return normalize(np.asarray(img, dtype=np.uint8), spec)
 
 
+def _as_list(images: Any) -> list:
+    """One image or several: a 4-D array is N x H x W x C; a single image or an unsupported
+    object becomes a list of one (open_image then says what it cannot read)."""
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(images, "mode"):
+        return [images]
+    return list(images) if isinstance(images, Iterable) else [images]
+
+
 def preprocess(images: ImageLike | Sequence[ImageLike] | Iterable[ImageLike], spec: Preprocess) -> np.ndarray:
     """Images -> float32 NCHW batch. A single image gives a batch of one."""
-    if isinstance(images, np.ndarray) and images.ndim == 4:  # N x H x W x C uint8
-        images = list(images)
-    elif isinstance(images, (str, os.PathLike, bytes, bytearray, np.ndarray)) or hasattr(images, "mode"):
-        images = [images]
-    batch = [preprocess_one(img, spec) for img in images]
+    batch = [preprocess_one(img, spec) for img in _as_list(images)]
     if not batch:
         raise InputError("no images given")
     return np.stack(batch)

@@ -22,3 +22,11 @@ def run_cli(tmp_path):
         return CliResult(proc)
 
     return run
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Calibration statistics caches go to a temporary directory, not the user's ~/.cache."""
+    import os
+
+    os.environ["REXPORT_CACHE_DIR"] = str(tmp_path_factory.mktemp("rexport-cache"))

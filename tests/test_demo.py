@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import onnx
 import pytest
 
@@ -20,19 +22,24 @@ def test_embedded_dataset_and_card():
 
 
 def test_demo_runs_the_pipeline(run_cli, tmp_path):
-    result = run_cli("demo", "-o", "out")
+    result = run_cli("demo", "-o", "out", "--json", "demo.json")
     assert result.exit_code == 0, result
     out = tmp_path / "out"
-    text = result.stdout
-    assert "parity" in text and "FAIL" not in text
+    assert "parity" in result.stdout and "FAIL" not in result.stdout
     onnx_path = out / "resnet20_digits.onnx"
     info = ModelInfo.from_props({p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props})
     assert info.labels == data.LABELS and info.arch == "resnet20"
     assert len(list((out / "images").rglob("*.png"))) == 360
-    # held-out accuracy line for ONNX: top-1 parsed from the table
-    onnx_row = next(line for line in text.splitlines() if "ONNX FP32" in line)
-    top1 = float(onnx_row.split()[3].rstrip("%"))
-    assert top1 >= 97.0
+    report = json.loads((tmp_path / "demo.json").read_text())
+    rows = {r["name"].split(" ")[0]: r for r in report["validation"]["rows"]}
+    assert set(rows) == {"PyTorch", "resnet20_digits.onnx", "resnet20_digits.fp16.onnx",
+                         "resnet20_digits.int8-trt.onnx", "resnet20_digits.int8-cpu.onnx"}
+    reference = rows["PyTorch"]["top1"]
+    assert reference >= 0.97 and report["passed"]
+    assert rows["resnet20_digits.onnx"]["agreement"] == 1.0
+    assert rows["resnet20_digits.fp16.onnx"]["agreement"] >= 0.995  # the FP16 aim
+    for int8 in ("resnet20_digits.int8-trt.onnx", "resnet20_digits.int8-cpu.onnx"):
+        assert 100 * (reference - rows[int8]["top1"]) <= 0.5  # the INT8 aim
 
     again = run_cli("demo", "-o", "out")  # a previous demo's directory is replaced
     assert again.exit_code == 0, again

@@ -1,7 +1,10 @@
 """`rexport demo`: the whole pipeline on the embedded default model, no arguments, no network.
 
-ResNet-20 trained on scikit-learn's digits (weights in this package) is exported to ONNX with
-the parity check, then scored on the 360 held-out images it never saw in training.
+ResNet-20 trained on scikit-learn's digits (weights in this package):
+  1. export to ONNX with the parity check against PyTorch;
+  2. FP16 ONNX, and INT8 ONNX calibrated on training images for both targets (TensorRT: int8
+     symmetric Q/DQ; CPU: uint8 activations for ONNX Runtime);
+  3. every form scored side by side on the 360 held-out images the model never trained on.
 Everything goes to one output directory, written under a temporary name and renamed into
 place at the end; a previous demo's directory is replaced, anything else is left alone.
 """
@@ -9,52 +12,37 @@ place at the end; a previous demo's directory is replaced, anything else is left
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from rexport.console import fmt_pct, log, table
+from rexport.console import log
 from rexport.demo import data
 from rexport.errors import InputError
 from rexport.files import atomic_directory
-from rexport.runtime.compare import compare, topk_accuracy
 
 MARKER = ".rexport-demo"
 
 
 @dataclass
-class Row:
-    name: str
-    top1: float
-    top5: float
-    agreement: float | None  # top-1 agreement with PyTorch FP32
-    max_abs: float | None
-
-
-@dataclass
 class DemoResult:
     output: Path
-    export_text: str
-    rows: list[Row] = field(default_factory=list)
-    test_images: int = 0
-    seconds: float = 0.0
+    sections: list[tuple[str, str]]  # (title, text)
+    validation: dict  # the held-out ValidationReport, as a dict
+    passed: bool
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"output": str(self.output), "passed": self.passed, "seconds": round(self.seconds, 2),
+                "validation": self.validation}
 
     def format(self) -> str:
         card = data.card()
-        lines = [
-            f"rexport demo: {data.ARCH} trained on scikit-learn digits "
-            f"({card['train_images']:,} train / {card['test_images']} held-out images, embedded weights)",
-            "",
-            "1. export",
-            *("   " + line for line in self.export_text.splitlines()),
-            "",
-            f"2. held-out accuracy ({self.test_images} images the model never trained on)",
-            table(("model", "top-1", "top-5", "agrees with PyTorch", "max abs err"),
-                  [(r.name, fmt_pct(r.top1), fmt_pct(r.top5), fmt_pct(r.agreement),
-                    "-" if r.max_abs is None else f"{r.max_abs:.2e}") for r in self.rows], indent="   "),
-            "",
-            f"wrote {self.output}/ in {self.seconds:.1f}s: the ONNX model and the held-out images "
-            "(images/<label>/*.png) to try it on.",
-        ]
+        lines = [f"rexport demo: {data.ARCH} trained on scikit-learn digits ({card['train_images']:,} train / "
+                 f"{card['test_images']} held-out images, embedded weights)"]
+        for i, (title, text) in enumerate(self.sections, 1):
+            lines += ["", f"{i}. {title}", *("   " + line for line in text.splitlines())]
+        lines += ["", f"wrote {self.output}/ in {self.seconds:.1f}s: the ONNX models (FP32, FP16, INT8 for TensorRT "
+                      "and for CPUs) and the held-out images (images/<label>/*.png) to try them on."]
         return "\n".join(lines)
 
 
@@ -77,34 +65,41 @@ def _check_output_dir(out: Path) -> None:
 
 
 def run_demo(output: str | Path = "rexport-demo") -> DemoResult:
-    import torch
-
+    from rexport.calibration import QuantizeConfig, load_calibration_data, quantize, to_fp16
     from rexport.exporter import ExportConfig, ParityConfig, export_onnx, load_model
     from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from rexport.runtime.validate import Gates, model_label, torch_logits, validate_outputs
 
     start = time.monotonic()
     out = Path(output)
     _check_output_dir(out)
-    test = data.split("test")
+    sections = []
     with atomic_directory(out, overwrite=True) as tmp:
         (tmp / MARKER).write_text("written by rexport demo; the next run replaces this directory\n")
-        _write_images(test, tmp / "images")
+        _write_images(data.split("test"), tmp / "images")
         loaded = load_model(data.WEIGHTS_FILE, data.ARCH)
-        onnx_path = tmp / "resnet20_digits.onnx"
-        config = ExportConfig(arch=data.ARCH, labels=data.LABELS, preprocess=data.demo_preprocess(),
-                              parity=ParityConfig(images=str(tmp / "images")))
-        exported = export_onnx(loaded, onnx_path, config)
+        fp32 = tmp / "resnet20_digits.onnx"
+        exported = export_onnx(loaded, fp32, ExportConfig(
+            arch=data.ARCH, labels=data.LABELS, preprocess=data.demo_preprocess(),
+            parity=ParityConfig(images=str(tmp / "images"))))
+        sections.append(("export to ONNX", exported.format()))
 
-        log.info("scoring the held-out images...")
-        x = data.to_batch(test.images)
-        with torch.inference_mode():
-            reference = loaded.model(torch.from_numpy(x)).numpy()
-        onnx_fp32 = OnnxRuntimeBackend(onnx_path).run(x)
-        rows = [Row("PyTorch FP32", topk_accuracy(reference, test.labels), topk_accuracy(reference, test.labels, 5),
-                    None, None)]
-        c = compare(onnx_fp32, reference)
-        rows.append(Row("ONNX FP32 (onnxruntime)", topk_accuracy(onnx_fp32, test.labels),
-                        topk_accuracy(onnx_fp32, test.labels, 5), c.top1_agreement, c.max_abs))
-        export_text = exported.format().replace(str(tmp), str(out))
-    return DemoResult(out, export_text, rows, len(test.labels), time.monotonic() - start)
+        train = load_calibration_data("demo:train", exported.info, samples=512)
+        fp16 = to_fp16(fp32, tmp / "resnet20_digits.fp16.onnx", inputs=train.inputs[:64])
+        int8 = [quantize(fp32, tmp / f"resnet20_digits.int8-{target}.onnx",
+                         QuantizeConfig(data="demo:train", val_data="demo:test", method="entropy", target=target))
+                for target in ("trt", "cpu")]
+        sections.append(("FP16 and calibrated INT8", "\n".join([fp16.format(), *(q.format() for q in int8)])))
 
+        log.info("scoring every form on the held-out images...")
+        test = load_calibration_data("demo:test", exported.info, samples=None)
+        reference = torch_logits(data.WEIGHTS_FILE, exported.info, test.inputs)
+        outputs = {}
+        for path, precision in [(fp32, "fp32"), (fp16.path, "fp16"), (int8[0].path, "int8"), (int8[1].path, "int8")]:
+            outputs[model_label(path, precision, "onnxruntime")] = \
+                OnnxRuntimeBackend(path, providers=["CPUExecutionProvider"]).run_batched(test.inputs, 32)
+        report = validate_outputs(reference, outputs, test.labels, Gates(max_top1_drop=0.5), "PyTorch FP32",
+                                  data=test.describe())
+        sections.append(("held-out accuracy, every form side by side", report.format()))
+        text = [(title, body.replace(str(tmp), str(out))) for title, body in sections]
+    return DemoResult(out, text, report.to_dict(), report.passed, time.monotonic() - start)

@@ -35,6 +35,12 @@ class Backend(ABC):
             raise InputError("input contains NaN or Inf values")
         return self._run(np.ascontiguousarray(x))
 
+    def run_batched(self, x: np.ndarray, max_batch: int = 32) -> np.ndarray:
+        """Run any number of samples, `max_batch` at a time (what `run` takes at most)."""
+        if len(x) <= max_batch:
+            return self.run(x)
+        return np.concatenate([self.run(x[i:i + max_batch]) for i in range(0, len(x), max_batch)])
+
     @abstractmethod
     def _run(self, x: np.ndarray) -> np.ndarray: ...
 

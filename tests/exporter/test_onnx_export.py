@@ -173,7 +173,7 @@ def test_cli_exports_and_reports(run_cli, tmp_path, checkpoint):
                      "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25")
     assert result.exit_code == 0, result
     assert "parity" in result.stdout and "ok" in result.stdout
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())["export"]
     assert report["parity"]["passed"] and len(report["parity"]["cases"]) == 2
     info = ModelInfo.from_props(read_props(tmp_path / "m.onnx"))
     assert info.preprocess.mean == (0.5, 0.5, 0.5) and info.preprocess.std == (0.25, 0.25, 0.25)

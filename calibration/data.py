@@ -1,0 +1,209 @@
+"""Calibration and validation data: images or arrays -> preprocessed NCHW float32 batches.
+
+Sources
+- a directory of images: ImageNet-style class subfolders (labelled) or flat (unlabelled);
+- `.npy` (N x C x H x W, already preprocessed) or `.npz` (the array under the model's input
+  name, or its only array; optional `labels`);
+- `demo`, `demo:train`, `demo:test`: the embedded digits dataset (train by default).
+
+Images go through `rexport.runtime.preprocess`, the same code the runtime uses, with the
+preprocessing recorded in the model (overridable). Sampling is seeded and class-balanced when
+classes are known. Unreadable images are skipped and counted; no usable sample is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rexport.console import log, progress
+from rexport.errors import InputError
+from rexport.runtime.metadata import ModelInfo
+from rexport.runtime.preprocess import Preprocess, is_image_file, preprocess_one
+
+
+@dataclass
+class CalibrationData:
+    inputs: np.ndarray  # N x C x H x W float32, preprocessed
+    labels: np.ndarray | None  # N class indices, when the source has them
+    source: str
+    skipped: list[str] = field(default_factory=list)  # unreadable files
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def sha256(self) -> str:
+        """Identifies exactly these samples (for caches and provenance)."""
+        h = hashlib.sha256(np.ascontiguousarray(self.inputs).tobytes())
+        if self.labels is not None:
+            h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def require_labels(self, why: str) -> np.ndarray:
+        if self.labels is None:
+            raise InputError(f"{why} needs labelled data, but {self.source} has none: use class subfolders "
+                             "named after the model's labels (or 0..N-1), an .npz with a `labels` array, "
+                             "or an agreement floor instead of an accuracy budget")
+        return self.labels
+
+    def describe(self) -> str:
+        text = f"{len(self)} samples from {self.source}" + (" (labelled)" if self.labels is not None else "")
+        if self.skipped:
+            text += f"; skipped {len(self.skipped)} unreadable image(s), e.g. {self.skipped[0]}"
+        return text
+
+
+def load_calibration_data(source: str | os.PathLike, info: ModelInfo, *, samples: int | None = 512, seed: int = 0,
+              preprocess: Preprocess | None = None) -> CalibrationData:
+    """Read `source` for a model described by `info`; at most `samples` samples (None: all)."""
+    if samples is not None and samples < 1:
+        raise InputError(f"the number of samples must be at least 1, not {samples}")
+    pre = preprocess or info.preprocess
+    text = str(source)
+    if text == "demo" or text.startswith("demo:"):
+        data = _demo(text, info, pre)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise InputError(f"data source {path} does not exist (give an image folder, .npy, .npz or 'demo')")
+        if path.is_dir():
+            data = _folder(path, info, pre, samples, seed)
+        elif path.suffix.lower() in (".npy", ".npz"):
+            data = _arrays(path, info)
+        else:
+            raise InputError(f"data source {path} is not a folder, .npy or .npz file")
+    data = _subsample(data, samples, seed)
+    _check(data, info)
+    for w in data.warnings:
+        log.warning("warning: %s", w)
+    return data
+
+
+def _demo(text: str, info: ModelInfo, pre: Preprocess) -> CalibrationData:
+    from rexport.demo import data as demo
+
+    split = text.partition(":")[2] or "train"
+    try:
+        part = demo.split(split)
+    except ValueError:
+        raise InputError(f"unknown demo split {split!r}; use demo:train or demo:test") from None
+    if info.num_classes != len(demo.LABELS):
+        raise InputError(f"the demo dataset has 10 classes but the model has {info.num_classes}")
+    return CalibrationData(demo.to_batch(part.images, pre), part.labels.copy(), f"demo:{split}")
+
+
+def _class_index(names: list[str], info: ModelInfo) -> dict[str, int] | None:
+    """Map class folder names to model class indices: by label, by number, or sorted order."""
+    if info.labels and all(n in info.labels for n in names):
+        return {n: info.labels.index(n) for n in names}
+    if all(n.isdigit() and int(n) < info.num_classes for n in names):
+        return {n: int(n) for n in names}
+    if len(names) == info.num_classes:
+        log.info("class folders do not match the model's labels; using sorted folder order (ImageFolder)")
+        return {n: i for i, n in enumerate(sorted(names))}
+    return None
+
+
+def _folder(root: Path, info: ModelInfo, pre: Preprocess, samples: int | None, seed: int) -> CalibrationData:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise InputError(f"{root} holds no images (.jpg, .png, .bmp, ...); give a folder of images")
+    classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    index = _class_index(classes, info) if classes and all(len(p.relative_to(root).parts) > 1 for p in files) \
+        else None
+    if classes and index is None:
+        log.warning("warning: %d class folders in %s do not map onto the model's %d classes; "
+                    "accuracy cannot be measured on it", len(classes), root, info.num_classes)
+    labels = [index[p.relative_to(root).parts[0]] for p in files] if index else None
+    chosen = _pick(len(files), labels, samples, seed)
+    arrays, kept, skipped = [], [], []
+    for i in progress(chosen, desc=f"reading {root}", unit="images"):
+        try:
+            arrays.append(preprocess_one(files[i], pre))
+            kept.append(i)
+        except InputError:
+            skipped.append(str(files[i]))
+    if not arrays:
+        raise InputError(f"none of the {len(chosen)} images read from {root} could be decoded "
+                         f"(e.g. {skipped[0]}); check the files")
+    return CalibrationData(np.stack(arrays), np.array([labels[i] for i in kept]) if labels else None,
+                           str(root), skipped)
+
+
+def _arrays(path: Path, info: ModelInfo) -> CalibrationData:
+    try:
+        if path.suffix.lower() == ".npy":
+            arrays, labels = np.load(path, allow_pickle=False), None
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                keys = [k for k in z.files if k != "labels"]
+                key = info.input_name if info.input_name in keys else keys[0] if len(keys) == 1 else None
+                if key is None:
+                    raise InputError(f"{path} holds {', '.join(keys) or 'no arrays'}; store the inputs under "
+                                     f"the model's input name {info.input_name!r}")
+                arrays, labels = z[key], (z["labels"] if "labels" in z.files else None)
+    except (ValueError, OSError) as e:
+        raise InputError(f"cannot read arrays from {path}: {e}") from None
+    if arrays.ndim != 4:
+        raise InputError(f"{path}: expected N x C x H x W arrays, got shape {arrays.shape}")
+    if labels is not None and len(labels) != len(arrays):
+        raise InputError(f"{path}: {len(labels)} labels for {len(arrays)} inputs")
+    return CalibrationData(arrays.astype(np.float32, copy=False),
+                           None if labels is None else labels.astype(np.int64), str(path))
+
+
+def _pick(n: int, labels: list[int] | None, samples: int | None, seed: int) -> list[int]:
+    """Indices of the samples to use: seeded, and balanced across classes when labelled."""
+    rng = np.random.default_rng(seed)
+    if samples is None or samples >= n:
+        return list(range(n))
+    if labels is None:
+        return sorted(rng.choice(n, samples, replace=False).tolist())
+    by_class: dict[int, list[int]] = {}
+    for i in rng.permutation(n).tolist():
+        by_class.setdefault(labels[i], []).append(i)
+    queues = [by_class[c] for c in sorted(by_class)]
+    chosen: list[int] = []
+    while len(chosen) < samples:  # round robin over classes
+        for q in queues:
+            if q and len(chosen) < samples:
+                chosen.append(q.pop())
+    return sorted(chosen)
+
+
+def _subsample(data: CalibrationData, samples: int | None, seed: int) -> CalibrationData:
+    if samples is None or len(data) <= samples:
+        return data
+    idx = _pick(len(data), None if data.labels is None else data.labels.tolist(), samples, seed)
+    return CalibrationData(data.inputs[idx], None if data.labels is None else data.labels[idx], data.source,
+                           data.skipped, data.warnings)
+
+
+def _check(data: CalibrationData, info: ModelInfo) -> None:
+    x = data.inputs
+    if len(x) == 0:
+        raise InputError(f"{data.source} holds no samples")
+    if tuple(x.shape[1:]) != info.input_shape:
+        raise InputError(f"{data.source} has samples of shape {'x'.join(map(str, x.shape[1:]))} but the model "
+                         f"takes {'x'.join(map(str, info.input_shape))}; preprocess to the model's input size")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = int(np.argwhere(bad.reshape(len(x), -1).any(1))[0][0])
+        raise InputError(f"{data.source} contains NaN or Inf values (first in sample {first}); "
+                         "remove or fix those samples")
+    if data.labels is not None and (data.labels.min() < 0 or data.labels.max() >= info.num_classes):
+        raise InputError(f"{data.source} has labels outside 0..{info.num_classes - 1}")
+    lo, hi, std = float(x.min()), float(x.max()), float(x.std())
+    if hi == 0 and lo == 0:
+        data.warnings.append(f"{data.source}: every input value is zero")
+    elif std < 1e-6:
+        data.warnings.append(f"{data.source}: inputs are constant ({lo:g})")
+    elif lo >= 0 and hi > 2.5:
+        data.warnings.append(f"{data.source}: inputs range {lo:g}..{hi:g}, which looks unnormalised (0..255?); "
+                             "normalised inputs usually lie around -3..3: check mean, std and max_pixel_value")

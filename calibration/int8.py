@@ -1,0 +1,203 @@
+"""FP32 ONNX + calibration data -> INT8 (Q/DQ) ONNX: `rexport calibrate`, `quantize()`.
+
+    read the FP32 model and its description (preprocessing, input) from metadata_props
+    -> calibration data (data.py) -> activation statistics (stats.py, cached)
+    -> thresholds by method (observers.py) -> Q/DQ for the target (qdq.py)
+    -> TensorRT rules check (rules.py, trt target) -> score against FP32 on validation data
+    -> accuracy budget: keep the worst layers in float until it holds (budget.py)
+    -> census (census.py) -> the INT8 ONNX + (trt target) TensorRT 10 calibration cache
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rexport.calibration.budget import Budget, BudgetResult, Score, fit_budget, score
+from rexport.calibration.cache import DEFAULT_TRT_VERSION, write_calibration_cache
+from rexport.calibration.census import Census, census
+from rexport.calibration.data import CalibrationData, load_calibration_data
+from rexport.calibration.fp16 import read_model
+from rexport.calibration.observers import METHODS, threshold
+from rexport.calibration.qdq import (SAME_SCALE, TARGETS, QParams, activation_qparams, fold_relus, insert_qdq,
+                                     quantizable_nodes)
+from rexport.calibration.rules import check_trt_rules
+from rexport.calibration.stats import TensorStats, collect_cached
+from rexport.console import fmt_pct, log
+from rexport.errors import CheckFailed, InputError
+from rexport.files import atomic_output, check_output
+from rexport.onnx_graph import onnx_module, producers
+from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from rexport.runtime.metadata import ModelInfo
+from rexport.runtime.preprocess import PreprocessOverrides
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Options of `rexport calibrate`; CLI flags map one to one onto these fields."""
+
+    data: str  # image folder, .npy/.npz, or demo[:train|:test]
+    method: str = "entropy"
+    target: str = "trt"
+    samples: int = 512
+    seed: int = 0
+    percentile: float = 99.99
+    preprocess: PreprocessOverrides | None = None
+    val_data: str | None = None  # scores and the budget use this; default: the calibration data
+    val_samples: int | None = None
+    budget: Budget = Budget()
+    keep_float: tuple[str, ...] = ()
+    cache: str | None = None  # TensorRT 10 calibration cache path; default OUTPUT with .cache (trt target)
+    trt_version: str = DEFAULT_TRT_VERSION  # for the cache header
+    use_stats_cache: bool = True
+    batch_size: int = 16
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.target not in TARGETS:
+            raise InputError(f"--target must be trt (TensorRT: int8 symmetric) or cpu (ONNX Runtime: uint8), "
+                             f"not {self.target!r}")
+        if not 0 < self.percentile <= 100:
+            raise InputError(f"--percentile must be in (0, 100], not {self.percentile}")
+        if self.samples < 1 or self.batch_size < 1:
+            raise InputError("--samples and the batch size must be at least 1")
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    cache_path: Path | None
+    info: ModelInfo
+    census: Census
+    calibration: CalibrationData
+    validation: CalibrationData
+    score: Score  # the final INT8 model against FP32 on the validation data
+    budget: BudgetResult
+    config: QuantizeConfig
+    stats_cache_hit: bool
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"output": str(self.path), "calibration_cache": str(self.cache_path) if self.cache_path else None,
+                "method": self.config.method, "target": self.config.target,
+                "calibration_data": self.calibration.describe(), "validation_data": self.validation.describe(),
+                "score": self.score.to_dict(), "census": self.census.to_dict(), "budget": self.budget.to_dict(),
+                "stats_cache_hit": self.stats_cache_hit, "seconds": round(self.seconds, 2), "notes": self.notes}
+
+    def format(self) -> str:
+        c = self.config
+        s = self.score
+        lines = [f"INT8 ({c.target} target, {c.method}) -> {self.path} ({self.path.stat().st_size / 1e6:.1f} MB, "
+                 f"{self.seconds:.1f}s)",
+                 f"  calibrated on {self.calibration.describe()}" +
+                 (" [cached statistics]" if self.stats_cache_hit else ""),
+                 f"  {self.census.format()}",
+                 f"  vs FP32 on {self.validation.describe()}: top-1 agreement {fmt_pct(s.agreement)}" +
+                 ("" if s.top1 is None else
+                  f", top-1 {fmt_pct(s.top1)} (FP32 {fmt_pct(s.reference_top1)}, drop {s.top1_drop:.2f} points)")]
+        if c.budget.active:
+            lines.append(f"  budget {c.budget.describe()}: {'met' if s.meets(c.budget) else 'MISSED'}" +
+                         (f", {len(self.budget.kept)} layer(s) kept in float" if self.budget.kept else ""))
+        if self.cache_path:
+            lines.append(f"  TensorRT 10 calibration cache -> {self.cache_path}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def activation_params(model, stats: dict[str, TensorStats], method: str, target: str,
+                      percentile: float) -> dict[str, QParams]:
+    """Per-tensor Q parameters; pooling/reshaping outputs reuse their input's (cpu target)."""
+    params = {}
+    for name, st in stats.items():
+        levels = 255 if (target == "cpu" and st.min >= 0) else 127
+        params[name] = activation_qparams(st.min, st.max, target,
+                                          threshold(st, method, percentile=percentile, levels=levels))
+    if target == "cpu":
+        for node in model.graph.node:  # in graph order, so chains of same-scale ops propagate
+            if node.op_type in SAME_SCALE and node.input[0] in params:
+                params[node.output[0]] = params[node.input[0]]
+    return params
+
+
+def _logits(model_bytes: bytes, inputs: np.ndarray) -> np.ndarray:
+    return OnnxRuntimeBackend(model_bytes, providers=["CPUExecutionProvider"]).run_batched(inputs, 64)
+
+
+def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: QuantizeConfig) -> QuantizeResult:
+    """Calibrate and quantize an FP32 rexport ONNX; see the module docstring for the steps."""
+    start = time.monotonic()
+    onnx = onnx_module()
+    output = check_output(output, overwrite=config.overwrite)
+    cache_path = None
+    if config.target == "trt":
+        cache_path = check_output(config.cache or output.with_suffix(".cache"), overwrite=config.overwrite)
+    model, info = read_model(onnx_path)
+    if info.precision != "fp32":
+        raise InputError(f"{onnx_path} is {info.precision}; calibrate the FP32 export instead")
+    pre = config.preprocess.apply(info.preprocess) if config.preprocess else info.preprocess
+    calib = load_calibration_data(config.data, info, samples=config.samples, seed=config.seed, preprocess=pre)
+    val = calib if config.val_data is None else load_calibration_data(
+        config.val_data, info, samples=config.val_samples, seed=config.seed, preprocess=pre)
+    notes = []
+    if config.val_data is None and config.budget.active:
+        notes.append("the budget was checked on the calibration data; pass --val-data for held-out data")
+
+    model_bytes = Path(onnx_path).read_bytes()
+    stats, cache_hit = collect_cached(model, model_bytes, calib.inputs, calib.sha256, config.batch_size,
+                                      config.use_stats_cache)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    if config.target == "cpu":
+        fold_relus(work, set(config.keep_float))
+    params = activation_params(work, stats, config.method, config.target, config.percentile)
+    layers = [n.name for n in quantizable_nodes(work) if n.name not in config.keep_float]
+    requested = frozenset(config.keep_float)
+
+    def build(keep: frozenset[str]):
+        return insert_qdq(work, params, config.target, requested | keep)
+
+    reference = _logits(model_bytes, val.inputs)
+    budget = fit_budget(layers, lambda keep: _logits(build(keep).SerializeToString(), val.inputs), reference,
+                        val.labels, config.budget)
+    final_score = budget.steps[-1][1]
+    if config.budget.active and not final_score.meets(config.budget):
+        raise CheckFailed(f"the INT8 model misses the budget ({config.budget.describe()}) even with "
+                          f"{len(budget.kept)} layer(s) in float; check the calibration data and preprocessing")
+    qmodel = build(frozenset(budget.kept))
+    if config.target == "trt":
+        check_trt_rules(qmodel)
+    reasons = {n: "kept by request" for n in config.keep_float}
+    reasons.update({n: f"kept for the accuracy budget (sensitivity {budget.sensitivity[n]:.2e})"
+                    for n in budget.kept})
+    counts = census(qmodel, reasons)
+    if counts.int8_mac_share < 0.5:
+        notes.append(f"only {100 * counts.int8_mac_share:.0f}% of the MACs run in INT8: expect little speed-up; "
+                     "check the calibration data and preprocessing")
+    info = info.replace(precision="int8", calibration={
+        "method": config.method, "target": config.target,
+        "percentile": config.percentile if config.method == "percentile" else None,
+        "samples": len(calib), "data": calib.source, "data_sha256": calib.sha256,
+        "census": counts.to_dict(), "score": final_score.to_dict(),
+        "budget": config.budget.describe() if config.budget.active else None})
+    del qmodel.metadata_props[:]
+    for k, v in info.to_props().items():
+        qmodel.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(qmodel, full_check=True)
+    with atomic_output(output, overwrite=config.overwrite) as tmp:
+        onnx.save(qmodel, str(tmp))
+        if cache_path is not None:
+            fp32_tensors = set(producers(model.graph)) | {i.name for i in model.graph.input}
+            scales = {n: threshold(stats[n], config.method, percentile=config.percentile) / 127.0
+                      for n in stats if n in fp32_tensors}
+            write_calibration_cache(cache_path, scales, method=config.method, trt_version=config.trt_version,
+                                    overwrite=config.overwrite)
+    log.info("INT8: %s", counts.format())
+    return QuantizeResult(output, cache_path, info, counts, calib, val, final_score, budget, config, cache_hit,
+                          time.monotonic() - start, notes)

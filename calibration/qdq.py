@@ -1,0 +1,298 @@
+"""Q/DQ insertion: an FP32 ONNX plus activation ranges -> an INT8 ONNX (QuantizeLinear /
+DequantizeLinear pairs), for one of two targets.
+
+target "trt" (what TensorRT's parser requires and fuses best):
+  - int8 activations, symmetric (zero point 0), one scale per tensor;
+  - int8 weights, symmetric, one scale per output channel (axis 0 of KCRS), stored as int8;
+  - Q/DQ on the input of every quantized Conv/Gemm, and on the *identity* (shortcut) input of
+    each residual Add, never between the block's last Conv and the Add, so TensorRT fuses
+    Conv + Add (+ ReLU) into one INT8 kernel; biases stay float.
+target "cpu" (what ONNX Runtime's x86 kernels fuse into QLinearConv / QLinearAdd / ...):
+  - uint8 activations (asymmetric), int8 per-channel weights, int32 biases;
+  - Q/DQ on every activation a quantized op reads or writes; a ReLU after a Conv or Add is
+    removed and folded into the following QuantizeLinear (zero point 0 clamps exactly like ReLU);
+  - pooling and reshaping ops reuse their input's scale, so ONNX Runtime runs them in uint8.
+
+Nodes named in `keep_float` stay in floating point (the accuracy budget uses this).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+from rexport.errors import InputError
+from rexport.onnx_graph import consumers, initializers, onnx_module, producers
+
+TARGETS = ("trt", "cpu")
+QUANTIZABLE = ("Conv", "Gemm")
+SAME_SCALE = ("MaxPool", "Flatten", "Reshape")  # cpu target: output keeps the input's scale
+CPU_ACTIVATION_OPS = ("Conv", "Gemm", "Add", "GlobalAveragePool", *SAME_SCALE)
+
+
+@dataclass(frozen=True)
+class QParams:
+    scale: float
+    zero_point: int
+    dtype: str  # "int8" | "uint8"
+
+
+def activation_qparams(lo: float, hi: float, target: str, threshold: float) -> QParams:
+    """Per-tensor parameters from a tensor's observed range and its calibrated |x| threshold."""
+    t = max(float(threshold), 1e-8)
+    if target == "trt":
+        return QParams(t / 127.0, 0, "int8")
+    lo, hi = max(min(lo, 0.0), -t), min(max(hi, 0.0), t)  # clip by the threshold, always include 0
+    if hi - lo < 1e-8:
+        hi = lo + 1e-8
+    scale = (hi - lo) / 255.0
+    return QParams(scale, int(np.clip(round(-lo / scale), 0, 255)), "uint8")
+
+
+def weight_axis(node, weight: np.ndarray) -> int:
+    """The output-channel axis of a Conv (KCRS: 0) or Gemm weight (0 if transB else 1)."""
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return 0
+
+
+def quantizable_nodes(model) -> list:
+    """Conv and Gemm nodes whose weight is a constant (an initializer)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type in QUANTIZABLE and len(n.input) > 1 and n.input[1] in inits]
+
+
+def _conv_distances(tensor: str, made_by: dict, constants: set[str], limit: int = 128) -> dict[str, int]:
+    """Ancestor tensor -> fewest Conv/Gemm nodes on a path from it to `tensor` (Dijkstra
+    backwards over activations, stopping after `limit` tensors: blocks are local)."""
+    dist = {tensor: 0}
+    heap = [(0, tensor)]
+    while heap and len(dist) < limit:
+        d, t = heapq.heappop(heap)
+        node = made_by.get(t)
+        if d > dist[t] or node is None:
+            continue
+        cost = d + (node.op_type in QUANTIZABLE)
+        for i in node.input:
+            if i and i not in constants and cost < dist.get(i, 1 << 30):
+                dist[i] = cost
+                heapq.heappush(heap, (cost, i))
+    return dist
+
+
+def residual_adds(model) -> dict[str, tuple[str, str]]:
+    """Add node name -> (identity input, main input) for each residual addition.
+
+    The identity (shortcut) branch is the input reached through fewer convolutions from the
+    nearest common ancestor of both inputs: 0 for an identity shortcut, 1 for a projection,
+    against 2 or 3 on the main branch."""
+    made_by = producers(model.graph)
+    inits = {i.name for i in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type != "Add" or len(node.input) != 2 or any(i in inits for i in node.input):
+            continue
+        a, b = node.input
+        da, db = _conv_distances(a, made_by, inits), _conv_distances(b, made_by, inits)
+        common = set(da) & set(db)
+        if not common:
+            continue
+        c = min(common, key=lambda t: (da[t] + db[t], t))
+        if da[c] != db[c]:
+            out[node.name] = (a, b) if da[c] < db[c] else (b, a)
+    return out
+
+
+def fold_relus(model, keep_float: set[str]) -> set[str]:
+    """cpu target: remove a Relu that alone reads a quantized Conv/Add output, giving that node
+    the Relu's output name. Returns the names of tensors that must quantize with zero point 0."""
+    read_by = consumers(model.graph)
+    graph_outputs = {o.name for o in model.graph.output}
+    made_by = producers(model.graph)
+    folded, drop = set(), []
+    for relu in model.graph.node:
+        if relu.op_type != "Relu":
+            continue
+        src = made_by.get(relu.input[0])
+        if (src is None or src.op_type not in ("Conv", "Add") or src.name in keep_float
+                or len(read_by[relu.input[0]]) != 1 or relu.input[0] in graph_outputs):
+            continue
+        src.output[0] = relu.output[0]
+        folded.add(relu.output[0])
+        drop.append(relu)
+    for relu in drop:
+        model.graph.node.remove(relu)
+    return folded
+
+
+class _Builder:
+    """Accumulates new initializers and nodes; one Q/DQ pair per quantized tensor."""
+
+    def __init__(self, model):
+        self.onnx = onnx_module()
+        self.model = model
+        self.inits: list = []
+        self.nodes: list = []
+        self.dequantized: dict[str, str] = {}
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def activation(self, tensor: str, q: QParams) -> str:
+        if tensor in self.dequantized:
+            return self.dequantized[tensor]
+        helper = self.onnx.helper
+        dtype = np.int8 if q.dtype == "int8" else np.uint8
+        scale = self.const(f"{tensor}_scale", np.float32(q.scale))
+        zp = self.const(f"{tensor}_zero_point", dtype(q.zero_point))
+        self.nodes.append(helper.make_node("QuantizeLinear", [tensor, scale, zp], [f"{tensor}_quantized"],
+                                           name=f"{tensor}_QuantizeLinear"))
+        self.nodes.append(helper.make_node("DequantizeLinear", [f"{tensor}_quantized", scale, zp],
+                                           [f"{tensor}_dequantized"], name=f"{tensor}_DequantizeLinear"))
+        self.dequantized[tensor] = f"{tensor}_dequantized"
+        return self.dequantized[tensor]
+
+    def weight(self, name: str, w: np.ndarray, axis: int) -> tuple[str, np.ndarray]:
+        """Per-channel symmetric int8, stored quantized; returns (dequantized name, scales)."""
+        moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+        scales = (np.abs(moved).max(axis=1) / 127.0).astype(np.float32)
+        scales[scales == 0] = 1e-8
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scales.reshape(shape)), -127, 127).astype(np.int8)
+        self.const(f"{name}_quantized", q)
+        self.const(f"{name}_scale", scales)
+        self.const(f"{name}_zero_point", np.zeros(len(scales), np.int8))
+        self.nodes.append(self.onnx.helper.make_node(
+            "DequantizeLinear", [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"],
+            [f"{name}_dequantized"], name=f"{name}_DequantizeLinear", axis=axis))
+        return f"{name}_dequantized", scales
+
+    def bias(self, name: str, b: np.ndarray, input_scale: float, weight_scales: np.ndarray) -> str:
+        scales = (np.float32(input_scale) * weight_scales).astype(np.float32)
+        q = np.clip(np.round(b / scales), -(2 ** 31) + 1, 2 ** 31 - 1).astype(np.int32)
+        self.const(f"{name}_quantized", q)
+        self.const(f"{name}_scale", scales)
+        self.const(f"{name}_zero_point", np.zeros(len(scales), np.int32))
+        self.nodes.append(self.onnx.helper.make_node(
+            "DequantizeLinear", [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"],
+            [f"{name}_dequantized"], name=f"{name}_DequantizeLinear", axis=0))
+        return f"{name}_dequantized"
+
+
+def insert_qdq(model, qparams: dict[str, QParams], target: str, keep_float: frozenset[str] = frozenset()):
+    """Return a quantized copy of `model` (already relu-folded for cpu: see `fold_relus`).
+
+    `qparams` gives per-tensor activation parameters for every tensor that may be quantized."""
+    onnx = onnx_module()
+    if target not in TARGETS:
+        raise InputError(f"target must be 'trt' (TensorRT) or 'cpu' (ONNX Runtime on CPUs), not {target!r}")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        raise InputError(f"INT8 with per-channel weights needs ONNX opset 13 or newer; this model has {opset}: "
+                         "re-export with --opset 17")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    weights = initializers(graph)
+    b = _Builder(out)
+    quantized = [n for n in quantizable_nodes(out) if n.name not in keep_float]
+    residuals = residual_adds(model) if target == "trt" else {}  # on the graph as it was
+    graph_outputs = {o.name for o in graph.output}
+
+    def act(tensor: str) -> str | None:
+        q = qparams.get(tensor)
+        return None if q is None or tensor in graph_outputs else b.activation(tensor, q)
+
+    for node in quantized:
+        x, w = node.input[0], node.input[1]
+        new_x = act(x)
+        if new_x is None:
+            continue
+        node.input[0] = new_x
+        node.input[1], scales = b.weight(w, weights[w], weight_axis(node, weights[w]))
+        if target == "cpu" and len(node.input) > 2 and node.input[2] in weights:
+            node.input[2] = b.bias(node.input[2], weights[node.input[2]], qparams[x].scale, scales)
+
+    if target == "trt":  # the shortcut of each block whose last conv runs in INT8
+        made_by = producers(graph)
+        quantized_names = {n.name for n in quantized}
+        for add_name, (identity, main) in residuals.items():
+            main_src = made_by.get(main)
+            if main_src is None or main_src.name not in quantized_names:
+                continue
+            add = next(n for n in graph.node if n.name == add_name)
+            new_identity = act(identity)
+            if new_identity is not None:
+                add.input[list(add.input).index(identity)] = new_identity
+    else:  # cpu: every activation a quantized op touches is quantized; all readers use it
+        touched = _cpu_tensors(out, {n.name for n in quantized}, keep_float)
+        for node in graph.node:
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                continue
+            for i, name in enumerate(node.input):
+                if name in touched and name in qparams:
+                    node.input[i] = act(name) or name
+    used = set(weights) - {i for n in graph.node for i in n.input}
+    graph.node.extend(b.nodes)
+    graph.initializer.extend(b.inits)
+    _drop_initializers(graph, used)
+    _topological_sort(graph)
+    return out
+
+
+def _cpu_tensors(model, quantized: set[str], keep_float: frozenset[str]) -> set[str]:
+    """Activation tensors read or written by ops that run in int8 on ONNX Runtime."""
+    made_by = producers(model.graph)
+    touched: set[str] = set()
+    for node in model.graph.node:
+        if node.name in keep_float or node.op_type not in CPU_ACTIVATION_OPS:
+            continue
+        if node.op_type in QUANTIZABLE and node.name not in quantized:
+            continue
+        acts = [i for i in node.input if i and (i in made_by or i in {g.name for g in model.graph.input})]
+        if node.op_type in QUANTIZABLE:
+            acts = acts[:1]
+        touched.update(acts)
+        touched.update(o for o in node.output if o)
+    return touched
+
+
+def _drop_initializers(graph, names: set[str]) -> None:
+    keep = [i for i in graph.initializer if i.name not in names]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def _topological_sort(graph) -> None:
+    """ONNX requires nodes in dependency order; new Q/DQ nodes were appended at the end.
+    Kahn's algorithm, keeping the original order where it is free to."""
+    available = {i.name for i in graph.initializer} | {i.name for i in graph.input} | {""}
+    nodes = list(graph.node)
+    waiting = [sum(1 for i in set(n.input) if i not in available) for n in nodes]
+    readers: dict[str, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for i in set(n.input):
+            if i not in available:
+                readers.setdefault(i, []).append(k)
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        k = heapq.heappop(ready)
+        ordered.append(nodes[k])
+        for o in nodes[k].output:
+            for r in readers.pop(o, ()):
+                waiting[r] -= 1
+                if waiting[r] == 0:
+                    heapq.heappush(ready, r)
+    if len(ordered) != len(nodes):
+        raise InputError("the graph has a cycle or an undefined input; cannot order its nodes")
+    del graph.node[:]
+    graph.node.extend(ordered)

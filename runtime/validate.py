@@ -1,0 +1,212 @@
+"""`rexport validate`: run every form of a model on the same data and report, in one table,
+accuracy (top-1/top-5, when labels exist), top-1 agreement with the reference, max/mean
+absolute error and cosine similarity; gates decide the exit code.
+
+The reference is the PyTorch model when a checkpoint is given (needs torch), otherwise the
+FP32 ONNX among the models (run by ONNX Runtime on the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rexport.console import fmt_err, fmt_pct, log, table
+from rexport.errors import InputError
+from rexport.runtime.backends.base import Backend
+from rexport.runtime.compare import compare, topk_accuracy
+
+
+@dataclass(frozen=True)
+class Gates:
+    max_top1_drop: float | None = None  # percentage points below the reference's top-1 (needs labels)
+    min_agreement: float | None = None  # top-1 agreement with the reference, 0..1
+
+    def __post_init__(self) -> None:
+        if self.max_top1_drop is not None and self.max_top1_drop < 0:
+            raise InputError(f"--max-top1-drop must be >= 0 points, not {self.max_top1_drop}")
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise InputError(f"--min-agreement must be between 0 and 1, not {self.min_agreement}")
+
+    def describe(self) -> str:
+        parts = ([f"top-1 drop <= {self.max_top1_drop:g} points"] if self.max_top1_drop is not None else []) + \
+                ([f"agreement >= {100 * self.min_agreement:g}%"] if self.min_agreement is not None else [])
+        return " and ".join(parts) or "none (outputs must be finite)"
+
+
+@dataclass
+class Row:
+    name: str
+    top1: float | None
+    top5: float | None
+    agreement: float | None = None  # None for the reference itself
+    max_abs: float | None = None
+    mean_abs: float | None = None
+    cosine: float | None = None
+    ms_per_image: float | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {**{k: v for k, v in self.__dict__.items()}, "passed": self.passed}
+
+
+@dataclass
+class ValidationReport:
+    reference: str
+    samples: int
+    data: str
+    gates: Gates
+    rows: list[Row]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rows)
+
+    def to_dict(self) -> dict:
+        return {"reference": self.reference, "samples": self.samples, "data": self.data,
+                "gates": {"max_top1_drop": self.gates.max_top1_drop, "min_agreement": self.gates.min_agreement},
+                "passed": self.passed, "rows": [r.to_dict() for r in self.rows]}
+
+    def format(self) -> str:
+        labelled = any(r.top1 is not None for r in self.rows)
+        timed = any(r.ms_per_image is not None for r in self.rows)
+        head = ["model", *(["top-1", "top-5"] if labelled else []), "agreement", "max abs", "mean abs",
+                "cosine", *(["ms/img"] if timed else []), "gate"]
+        rows = []
+        for r in self.rows:
+            cells = [r.name, *([fmt_pct(r.top1), fmt_pct(r.top5)] if labelled else []),
+                     "(reference)" if r.agreement is None else fmt_pct(r.agreement),
+                     "-" if r.max_abs is None else fmt_err(r.max_abs),
+                     "-" if r.mean_abs is None else fmt_err(r.mean_abs),
+                     "-" if r.cosine is None else f"{r.cosine:.5f}",
+                     *(["-" if r.ms_per_image is None else f"{r.ms_per_image:.2f}"] if timed else []),
+                     "ok" if r.passed else "FAIL"]
+            rows.append(cells)
+        lines = [f"validation on {self.data}; reference: {self.reference}; gates: {self.gates.describe()}",
+                 table(head, rows)]
+        lines += [f"  FAIL {r.name}: {'; '.join(r.failures)}" for r in self.rows if r.failures]
+        return "\n".join(lines)
+
+
+def _timed(run, inputs: np.ndarray) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    out = run(inputs)
+    return out, 1000 * (time.perf_counter() - start) / max(1, len(inputs))
+
+
+def validate_outputs(reference: np.ndarray, candidates: dict[str, np.ndarray], labels: np.ndarray | None,
+                     gates: Gates = Gates(), reference_name: str = "reference",
+                     timings: dict[str, float] | None = None, data: str = "the given inputs") -> ValidationReport:
+    """Score candidate logits against reference logits; apply the gates."""
+    timings = timings or {}
+    if gates.max_top1_drop is not None and labels is None:
+        raise InputError("--max-top1-drop needs labelled data (class subfolders or an .npz with labels); "
+                         "use --min-agreement for unlabelled data")
+
+    def acc(x, k):
+        return None if labels is None else topk_accuracy(x, labels, k)
+
+    ref_top1 = acc(reference, 1)
+    rows = [Row(reference_name, ref_top1, acc(reference, 5), ms_per_image=timings.get(reference_name))]
+    for name, logits in candidates.items():
+        c = compare(logits, reference)
+        row = Row(name, acc(logits, 1), acc(logits, 5), c.top1_agreement, c.max_abs, c.mean_abs, c.cosine,
+                  timings.get(name))
+        if c.nonfinite:
+            row.failures.append(f"{c.nonfinite} NaN/Inf outputs")
+        if gates.max_top1_drop is not None and 100 * (ref_top1 - row.top1) > gates.max_top1_drop + 1e-9:
+            row.failures.append(f"top-1 drop {100 * (ref_top1 - row.top1):.2f} points > {gates.max_top1_drop:g}")
+        if gates.min_agreement is not None and c.top1_agreement < gates.min_agreement - 1e-12:
+            row.failures.append(f"agreement {fmt_pct(c.top1_agreement)} < {fmt_pct(gates.min_agreement)}")
+        rows.append(row)
+    return ValidationReport(reference_name, len(reference), data, gates, rows)
+
+
+def validate_backends(reference: Backend, candidates: dict[str, Backend], inputs: np.ndarray,
+                      labels: np.ndarray | None = None, gates: Gates = Gates(),
+                      reference_name: str = "ONNX FP32 (onnxruntime)", max_batch: int = 32,
+                      data: str = "the given inputs") -> ValidationReport:
+    """Run the reference and every candidate backend on `inputs` and score them."""
+    timings: dict[str, float] = {}
+    ref, timings[reference_name] = _timed(lambda x: reference.run_batched(x, max_batch), inputs)
+    outputs = {}
+    for name, backend in candidates.items():
+        outputs[name], timings[name] = _timed(lambda x, b=backend: b.run_batched(x, max_batch), inputs)
+    return validate_outputs(ref, outputs, labels, gates, reference_name, timings, data)
+
+
+def model_label(path: Path, precision: str, backend: str) -> str:
+    return f"{path.name} ({precision.upper()}, {backend})"
+
+
+def validate(models: list[str | os.PathLike], data: str, *, checkpoint: str | os.PathLike | None = None,
+             samples: int | None = None, seed: int = 0, gates: Gates = Gates(), providers="cpu",
+             preprocess=None, unsafe_pickle: bool = False) -> ValidationReport:
+    """Validate ONNX files (and, later, engines) on `data` against PyTorch or the FP32 ONNX."""
+    from rexport.calibration.data import load_calibration_data
+    from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from rexport.runtime.metadata import ModelInfo
+
+    if not models:
+        raise InputError("give at least one model to validate")
+    loaded = []
+    for m in models:
+        path = Path(m)
+        if not path.is_file():
+            raise InputError(f"model {path} does not exist")
+        backend = OnnxRuntimeBackend(path, providers=providers)
+        info = ModelInfo.from_props(backend.metadata)
+        loaded.append((path, info, backend))
+    infos = [info for _, info, _ in loaded]
+    base = next((i for i in infos if i.precision == "fp32"), infos[0])
+    if any(i.input_shape != base.input_shape or i.num_classes != base.num_classes for i in infos):
+        raise InputError("the models take different inputs or have different classes; validate one model's forms")
+    if any(i.preprocess != base.preprocess for i in infos):
+        log.warning("warning: the models record different preprocessing; using %s's", base.arch)
+    pre = preprocess.apply(base.preprocess) if preprocess else base.preprocess
+    dataset = load_calibration_data(data, base, samples=samples, seed=seed, preprocess=pre)
+    if gates.max_top1_drop is not None:
+        dataset.require_labels("--max-top1-drop")
+
+    outputs, timings = {}, {}
+    for path, info, backend in loaded:
+        name = model_label(path, info.precision, "onnxruntime")
+        outputs[name], timings[name] = _timed(lambda x, b=backend: b.run_batched(x, 32), dataset.inputs)
+    if checkpoint is not None:
+        ref_name = f"PyTorch FP32 ({Path(checkpoint).name})"
+        reference, timings[ref_name] = _timed(lambda x: torch_logits(checkpoint, base, x, unsafe_pickle),
+                                              dataset.inputs)
+        candidates = outputs
+    else:
+        ref_index = next((k for k, i in enumerate(infos) if i.precision == "fp32"), None)
+        if ref_index is None:
+            raise InputError("no reference: include the FP32 ONNX among the models or give --checkpoint "
+                             "(the PyTorch model, needs torch)")
+        ref_name = list(outputs)[ref_index]
+        reference = outputs[ref_name]
+        candidates = {k: v for k, v in outputs.items() if k != ref_name}
+    return validate_outputs(reference, candidates, dataset.labels, gates, ref_name, timings, dataset.describe())
+
+
+def torch_logits(checkpoint, info, inputs: np.ndarray, unsafe_pickle: bool = False) -> np.ndarray:
+    """The PyTorch model's logits (needs torch: the `export` extra)."""
+    from rexport.errors import require
+
+    torch = require("torch", "export", "use the PyTorch model as the reference")
+    from rexport.exporter import load_model
+
+    if not info.arch:
+        raise InputError("the model does not record its arch, so the checkpoint cannot be rebuilt; "
+                         "validate against the FP32 ONNX instead")
+    model = load_model(checkpoint, info.arch, num_classes=info.num_classes, unsafe_pickle=unsafe_pickle,
+                       shortcut=info.arch_options.get("shortcut")).model
+    with torch.inference_mode():
+        return np.concatenate([model(torch.from_numpy(inputs[i:i + 64])).numpy() for i in range(0, len(inputs), 64)])

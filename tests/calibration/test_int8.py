@@ -1,0 +1,135 @@
+"""INT8 on the demo model (real trained weights, real held-out data): every calibrator within
+the 0.5-point budget of FP32, for both targets; the accuracy budget; statistics and TensorRT caches."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from rexport.calibration import Budget, QuantizeConfig, quantize
+from rexport.calibration.cache import (hex_to_scale, read_calibration_cache, retarget_header, scale_to_hex,
+                                       version_int, write_calibration_cache)
+from rexport.calibration.fp16 import read_model
+from rexport.errors import CheckFailed, InputError
+from rexport.runtime.metadata import ModelInfo
+
+HELD_OUT = "demo:test"
+
+
+@pytest.mark.parametrize("target", ["trt", "cpu"])
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
+def test_each_calibrator_keeps_top1_within_half_a_point(demo_fp32, tmp_path, method, target):
+    result = quantize(demo_fp32, tmp_path / "q.onnx",
+                      QuantizeConfig(data="demo:train", val_data=HELD_OUT, method=method, target=target))
+    s = result.score
+    assert len(result.validation) == 360 and s.reference_top1 >= 0.97
+    assert s.top1_drop <= 0.5, f"{method}/{target}: FP32 {s.reference_top1:.4f} INT8 {s.top1:.4f}"
+    assert s.agreement >= 0.99
+    assert result.census.int8_share == 1.0
+    info = ModelInfo.from_props({p.key: p.value for p in onnx.load(str(result.path)).metadata_props})
+    assert info.precision == "int8" and info.calibration["method"] == method
+    assert info.calibration["target"] == target and info.calibration["samples"] == 512
+    assert info.calibration["data_sha256"] == result.calibration.sha256
+    assert info.labels == read_model(demo_fp32)[1].labels  # the description travels on
+    assert (result.cache_path is not None) == (target == "trt")
+
+
+def test_trying_another_method_reuses_the_statistics(demo_fp32, tmp_path, monkeypatch):
+    first = quantize(demo_fp32, tmp_path / "a.onnx", QuantizeConfig(data="demo:train", samples=64, method="minmax"))
+    import rexport.calibration.stats as stats
+
+    def no_model_runs(*args, **kwargs):
+        raise AssertionError("the model ran again although its statistics are cached")
+
+    monkeypatch.setattr(stats, "collect", no_model_runs)
+    second = quantize(demo_fp32, tmp_path / "b.onnx", QuantizeConfig(data="demo:train", samples=64, method="mse"))
+    assert second.stats_cache_hit and first.path.exists()
+    with pytest.raises(AssertionError, match="ran again"):  # other data: must collect again
+        quantize(demo_fp32, tmp_path / "c.onnx", QuantizeConfig(data="demo:train", samples=65))
+
+
+def test_budget_keeps_the_worst_layers_in_float_until_it_holds(demo_fp32, tmp_path):
+    # A deliberately poor calibration (clipping 1% of every activation) costs several points; the
+    # budget must then keep layers in float, most sensitive first, until top-1 is back within 0.5.
+    config = QuantizeConfig(data="demo:train", val_data=HELD_OUT, method="percentile", percentile=99.0,
+                            budget=Budget(max_top1_drop=0.5))
+    crude = quantize(demo_fp32, tmp_path / "crude.onnx",
+                     QuantizeConfig(data="demo:train", val_data=HELD_OUT, method="percentile", percentile=99.0))
+    assert crude.score.top1_drop > 0.5  # the premise: without the budget it misses
+    result = quantize(demo_fp32, tmp_path / "q.onnx", config)
+    assert result.score.top1_drop <= 0.5
+    assert 0 < len(result.budget.kept) < result.census.total
+    assert set(result.budget.kept) == set(result.census.float)
+    ranked = sorted(result.budget.sensitivity, key=result.budget.sensitivity.get, reverse=True)
+    assert result.budget.kept == ranked[:len(result.budget.kept)]
+    assert 0 < result.census.int8_share < 1
+    assert f"{len(result.budget.kept)} layer(s) kept in float" in result.format()
+    # the census and the metadata say what stayed in float
+    info = ModelInfo.from_props({p.key: p.value for p in onnx.load(str(result.path)).metadata_props})
+    assert info.calibration["census"]["float_layers"] == len(result.budget.kept)
+
+
+def test_agreement_floor_works_without_labels(demo_fp32, tmp_path):
+    from rexport.calibration import load_calibration_data
+
+    _, info = read_model(demo_fp32)
+    arrays = load_calibration_data("demo:test", info, samples=None).inputs
+    np.save(tmp_path / "unlabelled.npy", arrays)
+    result = quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(
+        data="demo:train", val_data=str(tmp_path / "unlabelled.npy"), budget=Budget(min_agreement=0.99)))
+    assert result.score.top1 is None and result.score.agreement >= 0.99
+    with pytest.raises(InputError, match="needs labelled validation data"):
+        quantize(demo_fp32, tmp_path / "r.onnx", QuantizeConfig(
+            data="demo:train", val_data=str(tmp_path / "unlabelled.npy"), budget=Budget(max_top1_drop=0.5)))
+
+
+def test_unreachable_budget_fails_and_writes_nothing(demo_fp32, tmp_path):
+    # cpu target: even with every conv in float, the crudely calibrated uint8 Adds and pooling remain
+    with pytest.raises(CheckFailed, match="misses the budget"):
+        quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(
+            data="demo:train", val_data=HELD_OUT, method="percentile", percentile=10.0, target="cpu",
+            budget=Budget(min_agreement=1.0)))
+    assert not list(tmp_path.iterdir())
+
+
+def test_calibration_cache_round_trip(demo_fp32, tmp_path):
+    result = quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(data="demo:train", samples=64))
+    header, scales = read_calibration_cache(result.cache_path)
+    assert header == "TRT-100300-EntropyCalibration2"
+    model = onnx.load(str(demo_fp32))
+    tensors = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output}
+    assert set(scales) == tensors  # every tensor of the FP32 network TensorRT calibrates
+    assert all(s > 0 for s in scales.values())
+    again = tmp_path / "again.cache"
+    write_calibration_cache(again, scales, trt_version="10.3.0")
+    assert read_calibration_cache(again) == (header, scales)  # float32 round trip, bit for bit
+    text = result.cache_path.read_text().splitlines()
+    assert text[1].split(": ")[1] == scale_to_hex(scales[text[1].split(": ")[0]])
+
+
+def test_cache_format_details(tmp_path):
+    assert scale_to_hex(1.0) == "3f800000" and hex_to_scale("3c010a14") == pytest.approx(0.00787, rel=1e-3)
+    assert version_int("10.3.0") == 100300 and version_int("8.5.1") == 8501 and version_int("11.4") == 110400
+    assert retarget_header("TRT-100300-EntropyCalibration2", "11.4.0") == "TRT-110400-EntropyCalibration2"
+    (tmp_path / "bad.cache").write_text("not a cache\n")
+    with pytest.raises(InputError, match="not a TensorRT calibration cache"):
+        read_calibration_cache(tmp_path / "bad.cache")
+    (tmp_path / "bad2.cache").write_text("TRT-100300-EntropyCalibration2\ninput: zz\n")
+    with pytest.raises(InputError, match="line 2"):
+        read_calibration_cache(tmp_path / "bad2.cache")
+
+
+def test_int8_needs_an_fp32_model(demo_fp32, tmp_path):
+    first = quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(data="demo:train", samples=32))
+    with pytest.raises(InputError, match="is int8; calibrate the FP32 export"):
+        quantize(first.path, tmp_path / "qq.onnx", QuantizeConfig(data="demo:train", samples=32))
+
+
+def test_config_validation():
+    with pytest.raises(InputError, match="--method"):
+        QuantizeConfig(data="demo", method="kl")
+    with pytest.raises(InputError, match="--target"):
+        QuantizeConfig(data="demo", target="gpu")
+    with pytest.raises(InputError, match="--min-agreement"):
+        Budget(min_agreement=99)

@@ -24,7 +24,7 @@ from rexport.calibration.stats import activation_tensors, run_intermediates
 from rexport.console import log
 from rexport.errors import CheckFailed, InputError
 from rexport.files import atomic_output, check_output
-from rexport.onnx_graph import onnx_module, producers
+from rexport.onnx_graph import initializers, onnx_module, producers
 from rexport.runtime.metadata import ModelInfo
 
 FP16_MAX = 65504.0
@@ -96,7 +96,8 @@ def convert(model, keep_fp32: set[str]):
             continue
         value = numpy_helper.to_array(init)
         if init.name in fp16_readers:
-            inits.append(numpy_helper.from_array(value.astype(np.float16), init.name))
+            with np.errstate(over="ignore"):  # out-of-range weights were kept FP32 by to_fp16
+                inits.append(numpy_helper.from_array(value.astype(np.float16), init.name))
         if init.name in fp32_readers:
             copy = f"{init.name}_fp32" if init.name in fp16_readers else init.name
             inits.append(numpy_helper.from_array(value, copy))
@@ -127,20 +128,24 @@ def convert(model, keep_fp32: set[str]):
                                           to=TensorProto.FLOAT))
     initializer_names = {i.name for i in g.initializer}
     input_names = {i.name for i in float_inputs}
-    for node in g.node:  # FP32 islands: cast in and out
-        if node.name not in keep_fp32:
-            continue
+    graph_outputs = {o.name for o in g.output}
+    kept = [n for n in g.node if n.name in keep_fp32]
+    fp32_name = {o: f"{o}_fp32" for n in kept for o in n.output if o and o not in graph_outputs}
+    read_in_fp16 = {i for n in g.node if n.name not in keep_fp32 for i in n.input}
+    for node in kept:  # FP32 islands: cast in from FP16 neighbours, out to FP16 readers
         for k, i in enumerate(node.input):
-            if i and i not in initializer_names and i not in input_names:
+            if i in fp32_name:  # straight from another FP32 node: no round trip through FP16
+                node.input[k] = fp32_name[i]
+            elif i and i not in initializer_names and i not in input_names:
                 casts.append(helper.make_node("Cast", [i], [f"{i}_to_fp32_{node.name}"],
                                               name=f"{node.name}_Cast_in{k}", to=TensorProto.FLOAT))
                 node.input[k] = f"{i}_to_fp32_{node.name}"
-        graph_outputs = {o.name for o in g.output}
         for k, o in enumerate(node.output):
-            if o and o not in graph_outputs:
-                node.output[k] = f"{o}_fp32"
-                casts.append(helper.make_node("Cast", [f"{o}_fp32"], [o], name=f"{node.name}_Cast_out{k}",
-                                              to=TensorProto.FLOAT16))
+            if o in fp32_name:
+                node.output[k] = fp32_name[o]
+                if o in read_in_fp16:
+                    casts.append(helper.make_node("Cast", [fp32_name[o]], [o], name=f"{node.name}_Cast_out{k}",
+                                                  to=TensorProto.FLOAT16))
     g.node.extend(casts)
     del g.value_info[:]
     from rexport.calibration.qdq import _topological_sort
@@ -151,7 +156,7 @@ def convert(model, keep_fp32: set[str]):
 
 def nonfinite_layers(model, inputs: np.ndarray, limit: int = 3) -> list[str]:
     """The first layers (in graph order) whose outputs hold NaN or Inf on these inputs."""
-    names = activation_tensors(model)
+    names = activation_tensors(model, float16=True)
     bad: list[str] = []
     for values in run_intermediates(model, names, inputs):
         bad += [n for n in names if n not in bad and not np.isfinite(values[n].astype(np.float32)).all()]
@@ -172,8 +177,14 @@ def to_fp16(onnx_path: str | os.PathLike, output: str | os.PathLike, *, inputs: 
         inputs = np.random.default_rng(0).standard_normal((8, *info.input_shape), dtype=np.float32)
         log.info("no data given: checking the FP16 range on 8 random inputs (pass data for a real check)")
     made_by = producers(model.graph)
+    weights = initializers(model.graph)
     keep = {n.name: "numerically sensitive" for n in model.graph.node if n.op_type in SENSITIVE_OPS}
     keep.update({n: "kept by request" for n in keep_fp32})
+    for node in model.graph.node:  # weights FP16 cannot hold
+        for i in node.input:
+            peak = float(np.abs(weights[i]).max()) if i in weights and weights[i].size else 0.0
+            if weights.get(i) is not None and weights[i].dtype == np.float32 and peak > FP16_MAX:
+                keep[node.name] = f"weights up to {peak:.3g} exceed the FP16 range"
     overflow = overflowing_tensors(model, inputs)
     for tensor, peak in overflow.items():
         if tensor in made_by:

@@ -44,16 +44,17 @@ def cache_dir() -> Path:
     return Path(root) / "calibration"
 
 
-def activation_tensors(model) -> list[str]:
-    """The graph input and every float tensor a node produces (what Q/DQ could be placed on)."""
+def activation_tensors(model, float16: bool = False) -> list[str]:
+    """The graph input and every float32 (and, if asked, float16) tensor a node produces."""
     onnx = onnx_module()
+    wanted = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16} if float16 else {onnx.TensorProto.FLOAT}
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {vi.name: vi.type.tensor_type.elem_type
              for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
     inits = {i.name for i in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in inits]
     names += [o for n in model.graph.node for o in n.output if o and o not in inits]
-    return [n for n in dict.fromkeys(names) if types.get(n, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT]
+    return [n for n in dict.fromkeys(names) if types.get(n, onnx.TensorProto.FLOAT) in wanted]
 
 
 def with_outputs(model, names: list[str]):

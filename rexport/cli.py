@@ -382,6 +382,9 @@ def demo_cmd(output: str, json_path: str | None) -> None:
 @click.option("--no-validate", is_flag=True, help="Skip the check against ONNX Runtime on the FP32 ONNX.")
 @click.option("--val-data", help="Validation data (default: --calib-data, else random inputs).")
 @click.option("--val-samples", type=int, default=64, show_default=True)
+@click.option("--min-agreement", type=float,
+              help="Gate: top-1 agreement with the reference, 0..1 (default 0.99, INT8 0.95).")
+@click.option("--max-top1-drop", type=float, help="Gate: top-1 points below the reference (labelled --val-data).")
 @click.option("--reference", type=click.Path(dir_okay=False),
               help="FP32 ONNX to validate against (default: the input when it is FP32).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -390,7 +393,8 @@ def demo_cmd(output: str, json_path: str | None) -> None:
 def trt_cmd(onnx_path, output, fp16, int8, fp16_flag, legacy_calibrator, weakly_typed, calib_data, calib_method,
             calib_samples, calib_cache, batch, min_shapes, opt_shapes, max_shapes, workspace, timing_cache,
             merge_timing_cache, opt_level, hardware_compat, version_compatible, dla_core, no_gpu_fallback,
-            no_validate, val_data, val_samples, reference, seed, json_path, force) -> None:
+            no_validate, val_data, val_samples, min_agreement, max_top1_drop, reference, seed, json_path,
+            force) -> None:
     """Build a TensorRT engine (+ sidecar) from ONNX and validate it against ONNX Runtime."""
     from rexport.exporter.tensorrt import BuildConfig, build_engine, default_engine_name
 
@@ -404,7 +408,8 @@ def trt_cmd(onnx_path, output, fp16, int8, fp16_flag, legacy_calibrator, weakly_
                          merge_timing_caches=merge_timing_cache, optimization_level=opt_level,
                          hardware_compatibility=hardware_compat, version_compatible=version_compatible,
                          dla_core=dla_core, gpu_fallback=not no_gpu_fallback, validate=not no_validate,
-                         val_data=val_data, val_samples=val_samples, reference=reference, seed=seed, overwrite=force)
+                         val_data=val_data, val_samples=val_samples, min_agreement=min_agreement,
+                         max_top1_drop=max_top1_drop, reference=reference, seed=seed, overwrite=force)
     result = build_engine(onnx_path, output or default_engine_name(onnx_path, precision), config)
     write_json(json_path, result.to_dict())
     click.echo(result.format())

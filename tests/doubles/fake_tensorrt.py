@@ -1,0 +1,760 @@
+"""FakeTensorRT: a test double of the documented TensorRT 10.x and 11.x Python API surfaces.
+
+It is NOT TensorRT and no proof that engines build or run: no kernels are chosen, nothing
+touches a GPU. What it does:
+
+- exposes the two API surfaces rexport uses, as documented (TENSORRT.md; NVIDIA's Python API
+  and 10.x -> 11.x migration pages), and raises AttributeError exactly where a real version
+  removed an API. On 11.x: BuilderFlag.FP16/INT8/BF16/OBEY_PRECISION_CONSTRAINTS (and the
+  other precision flags), NetworkDefinitionCreationFlag.EXPLICIT_BATCH, the IInt8 calibrators,
+  IBuilderConfig.int8_calibrator / set_calibration_profile, ICudaEngine.device_memory_size.
+  On both (removed in 10): Builder.build_engine, IExecutionContext.execute / execute_async /
+  execute_async_v2, every binding-index API, max_batch_size. Each such touch is also recorded in
+  `removed_touched`, so a test fails even when the caller swallowed the AttributeError;
+- checks what the builder asks of it the way TensorRT would refuse it: missing or inconsistent
+  optimization profiles, precision flags on a strongly typed network, Q/DQ on a weakly typed
+  network without INT8, calibrators without their base initialised, mismatched timing caches,
+  plans loaded on another version or compute capability (logged as errors, then None);
+- records every build (`builds`: flags, network flags, profiles, workspace, levels, DLA, ...);
+- its "engine" computes outputs by running the source ONNX with ONNX Runtime on the CPU
+  (`OnnxRuntimeStandInEngine`), reading and writing the FakeCudaRuntime's host-backed "device"
+  memory at the addresses the caller set, so the backend's buffer, shape and copy logic is
+  exercised for real.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import struct
+import sys
+import threading
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from doubles.fake_cuda import FakeCudaRuntime, install_fake_cuda
+
+ENGINE_MAGIC = b"FAKETRT-ENGINE-DOUBLE\0"
+TIMING_MAGIC = b"FAKETRT-TIMING-DOUBLE\0"
+PRECISION_FLAGS = ("FP16", "BF16", "INT8", "FP8", "INT4", "FP4")
+
+
+# -- enums that can lose members ---------------------------------------------------------------
+
+
+class EnumMember:
+    def __init__(self, owner: str, name: str, value: int):
+        self.owner, self.name, self.value = owner, name, value
+
+    def __int__(self) -> int:
+        return self.value
+
+    def __index__(self) -> int:
+        return self.value
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, EnumMember) and (other.owner, other.name) == (self.owner, self.name)
+
+    def __hash__(self) -> int:
+        return hash((self.owner, self.name))
+
+    def __repr__(self) -> str:
+        return f"<{self.owner}.{self.name}: {self.value}>"
+
+
+class FakeEnum:
+    """A pybind11-style enum; members listed in `removed` raise AttributeError and are recorded."""
+
+    def __init__(self, fake: "FakeTensorRT", name: str, members: list[str], removed: set[str] = frozenset()):
+        object.__setattr__(self, "_fake", fake)
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_removed", set(removed))
+        for i, member in enumerate(members):
+            if member not in removed:
+                object.__setattr__(self, member, EnumMember(name, member, i))
+
+    def __getattr__(self, item: str):
+        if item in self._removed:
+            self._fake.touch(f"{self._name}.{item}")
+        raise AttributeError(f"type object '{self._name}' has no attribute '{item}'")
+
+    @property
+    def __members__(self) -> dict:
+        return {k: v for k, v in vars(self).items() if isinstance(v, EnumMember)}
+
+
+class Surface:
+    """Base of the fake objects: attributes in `_removed` raise AttributeError and are recorded."""
+
+    _removed: frozenset = frozenset()
+
+    def __init__(self, fake: "FakeTensorRT"):
+        object.__setattr__(self, "_fake", fake)
+
+    def __getattr__(self, item: str):
+        if item in type(self)._removed_for(self._fake):
+            self._fake.touch(f"{type(self).__name__}.{item}")
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{item}'")
+
+    def __setattr__(self, key: str, value) -> None:
+        if key in type(self)._removed_for(self._fake):
+            self._fake.touch(f"{type(self).__name__}.{key}")
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{key}'")
+        object.__setattr__(self, key, value)
+
+    @classmethod
+    def _removed_for(cls, fake: "FakeTensorRT") -> set[str]:
+        removed = set(cls._removed)
+        if fake.major >= 11:
+            removed |= set(getattr(cls, "_removed_in_11", ()))
+        return removed
+
+
+class FakeHostMemory(bytes):
+    """IHostMemory: a buffer (bytes here)."""
+
+    @property
+    def nbytes(self) -> int:
+        return len(self)
+
+
+# -- records -----------------------------------------------------------------------------------
+
+
+@dataclass
+class BuildRecord:
+    network_flags: int
+    strongly_typed: bool
+    builder_flags: set[str]
+    profiles: list[dict[str, tuple]]
+    workspace: int | None
+    optimization_level: int | None
+    hardware_compatibility: str | None
+    device_type: str
+    dla_core: int | None
+    timing_cache_loaded: bool
+    calibrator: Any | None = None
+    calibration_profile: dict | None = None
+    calibration_batches: list[np.ndarray] = field(default_factory=list)
+    calibration_cache_read: bytes | None = None
+    result: str = "built"
+
+
+# -- network, parser ---------------------------------------------------------------------------
+
+
+@dataclass
+class FakeTensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: EnumMember
+
+
+class FakeNetwork(Surface):
+    def __init__(self, fake: "FakeTensorRT", flags: int):
+        super().__init__(fake)
+        self.flags = flags
+        self.inputs: list[FakeTensor] = []
+        self.outputs: list[FakeTensor] = []
+        self.onnx_bytes: bytes | None = None
+        self.has_qdq = False
+        self.num_layers = 0
+
+    @property
+    def strongly_typed(self) -> bool:
+        return self._fake.major >= 11 or bool(self.flags & (1 << 1))
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.outputs)
+
+    def get_input(self, i: int) -> FakeTensor:
+        return self.inputs[i]
+
+    def get_output(self, i: int) -> FakeTensor:
+        return self.outputs[i]
+
+
+class FakeParserError:
+    def __init__(self, desc: str, node: int, node_name: str, node_operator: str):
+        self._desc, self._node, self._name, self._op = desc, node, node_name, node_operator
+
+    def desc(self) -> str:
+        return self._desc
+
+    def node(self) -> int:
+        return self._node
+
+    def node_name(self) -> str:
+        return self._name
+
+    def node_operator(self) -> str:
+        return self._op
+
+    def code(self) -> int:
+        return 8  # UNSUPPORTED_NODE
+
+
+class FakeOnnxParser(Surface):
+    def __init__(self, fake: "FakeTensorRT", network: FakeNetwork, logger):
+        super().__init__(fake)
+        self.network, self.logger = network, logger
+        self.errors: list[FakeParserError] = []
+
+    @property
+    def num_errors(self) -> int:
+        return len(self.errors)
+
+    def get_error(self, i: int) -> FakeParserError:
+        return self.errors[i]
+
+    def clear_errors(self) -> None:
+        self.errors.clear()
+
+    def parse_from_file(self, path: str) -> bool:
+        return self.parse(Path(path).read_bytes(), path)
+
+    def parse(self, data: bytes, path: str | None = None) -> bool:
+        import onnx
+
+        model = onnx.load_from_string(bytes(data))
+        for i, node in enumerate(model.graph.node):
+            if node.domain not in ("", "ai.onnx"):  # a custom op: the real parser has no importer for it
+                self.errors.append(FakeParserError(f"No importer registered for op: {node.op_type}. Attempting to "
+                                                   "import as plugin.", i, node.name, node.op_type))
+        if self.errors:
+            return False
+        dtypes = {onnx.TensorProto.FLOAT: self._fake.DataType.FLOAT, onnx.TensorProto.FLOAT16: self._fake.DataType.HALF}
+        inits = {i.name for i in model.graph.initializer}
+
+        def tensor(vi) -> FakeTensor:
+            t = vi.type.tensor_type
+            dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
+            return FakeTensor(vi.name, dims, dtypes[t.elem_type])
+
+        self.network.inputs = [tensor(vi) for vi in model.graph.input if vi.name not in inits]
+        self.network.outputs = [tensor(vi) for vi in model.graph.output]
+        self.network.onnx_bytes = bytes(data)
+        self.network.has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+        self.network.num_layers = len(model.graph.node)
+        return True
+
+
+# -- builder -----------------------------------------------------------------------------------
+
+
+class FakeProfile(Surface):
+    def __init__(self, fake):
+        super().__init__(fake)
+        self.shapes: dict[str, tuple] = {}
+
+    def set_shape(self, name: str, min, opt, max) -> None:  # noqa: A002 - TensorRT's names
+        self.shapes[name] = tuple(tuple(int(d) for d in s) for s in (min, opt, max))
+
+    def get_shape(self, name: str):
+        return [list(s) for s in self.shapes[name]]
+
+    def valid(self) -> bool:
+        return all(len(lo) == len(opt) == len(hi) and all(a <= b <= c for a, b, c in zip(lo, opt, hi))
+                   for lo, opt, hi in self.shapes.values())
+
+
+class FakeTimingCache(Surface):
+    def __init__(self, fake, key: str, entries: dict[str, str]):
+        super().__init__(fake)
+        self.key, self.entries = key, dict(entries)
+
+    def serialize(self) -> FakeHostMemory:
+        return FakeHostMemory(TIMING_MAGIC + json.dumps({"key": self.key, "entries": self.entries}).encode())
+
+    def combine(self, other: "FakeTimingCache", ignore_mismatch: bool) -> bool:
+        if other.key != self.key and not ignore_mismatch:
+            return False
+        self.entries.update(other.entries)
+        return True
+
+    def reset(self) -> bool:
+        self.entries.clear()
+        return True
+
+
+class FakeBuilderConfig(Surface):
+    _removed_in_11 = {"int8_calibrator", "set_calibration_profile", "get_calibration_profile",
+                      "set_quantization_flag", "get_quantization_flag", "clear_quantization_flag",
+                      "quantization_flags"}
+
+    def __init__(self, fake):
+        super().__init__(fake)
+        self.flags: set[str] = set()
+        self.profiles: list[FakeProfile] = []
+        self.memory_pools: dict[str, int] = {}
+        self.builder_optimization_level = 3
+        self.hardware_compatibility_level = fake.HardwareCompatibilityLevel.NONE
+        self.default_device_type = fake.DeviceType.GPU
+        self.DLA_core = -1
+        self.timing_cache: FakeTimingCache | None = None
+        if fake.major < 11:
+            self.int8_calibrator = None
+            self.calibration_profile = None
+
+    def set_flag(self, flag: EnumMember) -> None:
+        if not isinstance(flag, EnumMember) or flag.owner != "BuilderFlag":
+            raise TypeError(f"set_flag takes a BuilderFlag, not {flag!r}")
+        self.flags.add(flag.name)
+
+    def get_flag(self, flag: EnumMember) -> bool:
+        return flag.name in self.flags
+
+    def clear_flag(self, flag: EnumMember) -> None:
+        self.flags.discard(flag.name)
+
+    def set_memory_pool_limit(self, pool: EnumMember, size: int) -> None:
+        if not isinstance(pool, EnumMember) or pool.owner != "MemoryPoolType":
+            raise TypeError(f"set_memory_pool_limit takes a MemoryPoolType, not {pool!r}")
+        self.memory_pools[pool.name] = int(size)
+
+    def add_optimization_profile(self, profile: FakeProfile) -> int:
+        if not profile.valid():
+            return -1
+        self.profiles.append(profile)
+        return len(self.profiles) - 1
+
+    def set_calibration_profile(self, profile: FakeProfile) -> bool:
+        self.calibration_profile = profile
+        return True
+
+    def create_timing_cache(self, data: bytes):
+        data = bytes(data)
+        if not data:
+            return FakeTimingCache(self._fake, self._fake.cache_key, {})
+        if not data.startswith(TIMING_MAGIC):
+            return None
+        payload = json.loads(data[len(TIMING_MAGIC):])
+        return FakeTimingCache(self._fake, payload["key"], payload["entries"])
+
+    def set_timing_cache(self, cache: FakeTimingCache, ignore_mismatch: bool) -> bool:
+        if cache.key != self._fake.cache_key and not ignore_mismatch:
+            return False
+        self.timing_cache = cache
+        return True
+
+    def get_timing_cache(self) -> FakeTimingCache | None:
+        return self.timing_cache
+
+
+class FakeBuilder(Surface):
+    _removed = frozenset({"build_engine", "max_batch_size", "build_cuda_engine", "max_workspace_size"})
+    _removed_in_11 = {"platform_has_fast_fp16", "platform_has_fast_int8"}
+
+    def __init__(self, fake: "FakeTensorRT", logger):
+        super().__init__(fake)
+        self.logger = logger
+        self.num_DLA_cores = fake.num_dla_cores
+
+    def create_network(self, flags: int = 0) -> FakeNetwork:
+        if flags & 1:  # EXPLICIT_BATCH's bit: ignored on 10, gone on 11
+            self._fake.explicit_batch_used = True
+        return FakeNetwork(self._fake, int(flags))
+
+    def create_builder_config(self) -> FakeBuilderConfig:
+        return FakeBuilderConfig(self._fake)
+
+    def create_optimization_profile(self) -> FakeProfile:
+        return FakeProfile(self._fake)
+
+    def _error(self, message: str, record: BuildRecord) -> None:
+        self.logger.log(self._fake.ILogger.Severity.ERROR, message)
+        record.result = message
+
+    def build_serialized_network(self, network: FakeNetwork, config: FakeBuilderConfig):
+        fake = self._fake
+        level = config.hardware_compatibility_level
+        record = BuildRecord(
+            network_flags=network.flags, strongly_typed=network.strongly_typed, builder_flags=set(config.flags),
+            profiles=[dict(p.shapes) for p in config.profiles], workspace=config.memory_pools.get("WORKSPACE"),
+            optimization_level=config.builder_optimization_level,
+            hardware_compatibility=level.name if isinstance(level, EnumMember) else repr(level),
+            device_type=config.default_device_type.name,
+            dla_core=config.DLA_core if config.default_device_type.name == "DLA" else None,
+            timing_cache_loaded=config.timing_cache is not None)
+        fake.builds.append(record)
+        if fake.fail_build_with:
+            for message in fake.fail_build_with:
+                self._error(message, record)
+            return None
+        if network.onnx_bytes is None:
+            self._error("Network must have at least one output", record)
+            return None
+        for tensor in network.inputs:
+            if any(d < 0 for d in tensor.shape):
+                profile = config.profiles[0].shapes.get(tensor.name) if config.profiles else None
+                if profile is None:
+                    self._error(f"Network has dynamic or shape inputs, but no optimization profile has been defined "
+                                f"(input {tensor.name}).", record)
+                    return None
+                if any(len(s) != len(tensor.shape) or any(d >= 0 and d != v for d, v in zip(tensor.shape, s))
+                       for s in profile):
+                    self._error(f"{tensor.name}: optimization profile shapes {profile} do not match "
+                                f"{tensor.shape}", record)
+                    return None
+        precision = sorted(set(config.flags) & set(PRECISION_FLAGS))
+        if network.strongly_typed and precision:
+            self._error(f"BuilderFlag {', '.join(precision)} is not allowed on a strongly typed network", record)
+            return None
+        if network.has_qdq and not network.strongly_typed and "INT8" not in config.flags:
+            self._error("Network has Q/DQ layers but the INT8 builder flag is not set", record)
+            return None
+        if config.default_device_type.name == "DLA":
+            if not 0 <= config.DLA_core < self.num_DLA_cores:
+                self._error(f"DLA core {config.DLA_core} requested but only {self.num_DLA_cores} exist", record)
+                return None
+        calibrator = getattr(config, "int8_calibrator", None) if fake.major < 11 else None
+        if calibrator is not None and not self._calibrate(network, config, calibrator, record):
+            return None
+        if config.timing_cache is not None:
+            config.timing_cache.entries[f"build-{len(fake.builds)}"] = ",".join(sorted(config.flags))
+        return FakeHostMemory(self._serialize(network, config))
+
+    def _calibrate(self, network: FakeNetwork, config: FakeBuilderConfig, calibrator, record: BuildRecord) -> bool:
+        record.calibrator = calibrator
+        if not getattr(calibrator, "_base_initialised", False):
+            self._error("calibrator base class was not initialised (would crash the real TensorRT)", record)
+            return False
+        if "INT8" not in config.flags:
+            self.logger.log(self._fake.ILogger.Severity.WARNING, "int8_calibrator set without BuilderFlag.INT8")
+            return True
+        cache = calibrator.read_calibration_cache()
+        if cache:
+            record.calibration_cache_read = bytes(cache)
+            if not bytes(cache).startswith(b"TRT-"):
+                self._error("Calibration cache header is invalid", record)
+                return False
+            return True
+        tensor = network.inputs[0]
+        cal_profile = config.calibration_profile or (config.profiles[0] if config.profiles else None)
+        shape = cal_profile.shapes[tensor.name][1] if cal_profile is not None else tensor.shape
+        record.calibration_profile = dict(cal_profile.shapes) if cal_profile is not None else None
+        calibrator.get_batch_size()
+        absmax = 0.0
+        while True:
+            pointers = calibrator.get_batch([tensor.name])
+            if not pointers:
+                break
+            count = int(np.prod(shape))
+            raw = self._fake.cuda.resolve(int(pointers[0]), count * 4)
+            batch = raw.view(np.float32).reshape(shape).copy()
+            record.calibration_batches.append(batch)
+            absmax = max(absmax, float(np.abs(batch).max()))
+        if not record.calibration_batches:
+            self._error("Calibration failure occurred with no scaling factors detected.", record)
+            return False
+        algorithm = getattr(calibrator, "algorithm", "?")
+        scale = struct.pack(">f", absmax / 127.0).hex()
+        v = self._fake.version_tuple
+        header = f"TRT-{v[0]}{v[1]:02d}{v[2]:02d}-{algorithm}"
+        calibrator.write_calibration_cache(memoryview(f"{header}\n{tensor.name}: {scale}\n".encode()))
+        return True
+
+    def _serialize(self, network: FakeNetwork, config: FakeBuilderConfig) -> bytes:
+        fake = self._fake
+        profile = config.profiles[0].shapes if config.profiles else {}
+        header = {
+            "version": fake.__version__, "compute_capability": list(fake.cuda.compute_capability),
+            "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name,
+                        "profile": [list(s) for s in profile.get(t.name, (t.shape,) * 3)]} for t in network.inputs],
+            "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name} for t in network.outputs],
+            "flags": sorted(config.flags), "strongly_typed": network.strongly_typed,
+            "version_compatible": "VERSION_COMPATIBLE" in config.flags,
+            "hardware_compatibility": config.hardware_compatibility_level.name,
+        }
+        blob = json.dumps(header).encode()
+        return ENGINE_MAGIC + struct.pack("<I", len(blob)) + blob + network.onnx_bytes
+
+
+# -- runtime -----------------------------------------------------------------------------------
+
+
+class FakeRuntime(Surface):
+    def __init__(self, fake: "FakeTensorRT", logger):
+        super().__init__(fake)
+        self.logger = logger
+        self.engine_host_code_allowed = False
+
+    def deserialize_cuda_engine(self, data: bytes):
+        fake = self._fake
+        fake.deserialize_calls += 1
+        data = bytes(data)
+        error = fake.ILogger.Severity.ERROR
+        if not data.startswith(ENGINE_MAGIC):
+            self.logger.log(error, "1: [runtime.cpp::parsePlan] Error Code 1: Serialization (Serialization "
+                                   "assertion plan->header.magicTag == rt::kPLAN_MAGIC_TAG failed.)")
+            return None
+        (size,) = struct.unpack("<I", data[len(ENGINE_MAGIC):len(ENGINE_MAGIC) + 4])
+        start = len(ENGINE_MAGIC) + 4
+        header = json.loads(data[start:start + size])
+        built = tuple(int(p) for p in header["version"].split(".")[:3])
+        here = fake.version_tuple[:3]
+        vc_ok = header["version_compatible"] and self.engine_host_code_allowed and here >= built
+        if built != here and not vc_ok:
+            self.logger.log(error, f"The engine plan file is not compatible with this version of TensorRT, "
+                                   f"expecting library version {fake.__version__} got {header['version']}, "
+                                   "please rebuild.")
+            return None
+        ampere_plus = header["hardware_compatibility"] == "AMPERE_PLUS" and fake.cuda.compute_capability >= (8, 0)
+        if tuple(header["compute_capability"]) != tuple(fake.cuda.compute_capability) and not ampere_plus:
+            cc = header["compute_capability"]
+            self.logger.log(error, f"The engine plan file is generated on an incompatible device, expecting compute "
+                                   f"{fake.cuda.compute_capability[0]}.{fake.cuda.compute_capability[1]} got compute "
+                                   f"{cc[0]}.{cc[1]}, please rebuild.")
+            return None
+        return OnnxRuntimeStandInEngine(fake, header, data[start + size:])
+
+
+class OnnxRuntimeStandInEngine(Surface):
+    """The double's ICudaEngine. Its "inference" is ONNX Runtime (CPU) on the ONNX it was built from."""
+
+    _removed = frozenset({"num_bindings", "get_binding_index", "get_binding_name", "binding_is_input",
+                          "get_binding_shape", "get_binding_dtype", "get_binding_vectorized_dim",
+                          "max_batch_size", "has_implicit_batch_dimension", "get_location"})
+    _removed_in_11 = {"device_memory_size", "create_execution_context_without_device_memory",
+                      "get_device_memory_size_for_profile"}
+
+    def __init__(self, fake: "FakeTensorRT", header: dict, onnx_bytes: bytes):
+        super().__init__(fake)
+        self.header = header
+        self.onnx_bytes = onnx_bytes
+        self.tensors = {t["name"]: dict(t, mode="INPUT") for t in header["inputs"]}
+        self.tensors.update({t["name"]: dict(t, mode="OUTPUT") for t in header["outputs"]})
+        self._session = None
+        self._session_lock = threading.Lock()
+        self.num_optimization_profiles = 1
+        if fake.major < 11:
+            object.__setattr__(self, "device_memory_size", 1 << 20)
+
+    def __getattr__(self, item: str):
+        if item == "device_memory_size_v2" and self._fake.version_tuple >= (10, 8, 0):
+            return 1 << 20
+        return super().__getattr__(item)
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self.tensors)
+
+    def get_tensor_name(self, i: int) -> str:
+        return list(self.tensors)[i]
+
+    def get_tensor_mode(self, name: str) -> EnumMember:
+        return getattr(self._fake.TensorIOMode, self.tensors[name]["mode"])
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        return tuple(self.tensors[name]["shape"])
+
+    def get_tensor_dtype(self, name: str) -> EnumMember:
+        return getattr(self._fake.DataType, self.tensors[name]["dtype"])
+
+    def get_tensor_profile_shape(self, name: str, profile_index: int):
+        if profile_index != 0 or self.tensors[name]["mode"] != "INPUT":
+            raise ValueError("invalid profile index or not an input tensor")
+        return [tuple(s) for s in self.tensors[name]["profile"]]
+
+    def create_execution_context(self) -> "FakeExecutionContext":
+        return FakeExecutionContext(self._fake, self)
+
+    def session(self):
+        with self._session_lock:
+            if self._session is None:
+                import onnxruntime
+
+                self._session = onnxruntime.InferenceSession(self.onnx_bytes, providers=["CPUExecutionProvider"])
+            return self._session
+
+
+class FakeExecutionContext(Surface):
+    _removed = frozenset({"execute", "execute_async", "execute_async_v2", "set_binding_shape", "get_binding_shape",
+                          "all_binding_shapes_specified", "get_strides", "set_shape_input", "get_shape"})
+
+    def __init__(self, fake: "FakeTensorRT", engine: OnnxRuntimeStandInEngine):
+        super().__init__(fake)
+        self.engine = engine
+        self.shapes: dict[str, tuple] = {}
+        self.addresses: dict[str, int] = {}
+        self._busy = False
+
+    def set_input_shape(self, name: str, shape) -> bool:
+        shape = tuple(int(d) for d in shape)
+        lo, _, hi = self.engine.tensors[name]["profile"]
+        if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            self._fake.last_logger_error = f"set_input_shape {shape} outside the profile {lo}..{hi}"
+            return False
+        self.shapes[name] = shape
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        t = self.engine.tensors[name]
+        if t["mode"] == "INPUT":
+            return self.shapes.get(name, tuple(t["shape"]))
+        batch = next(iter(self.shapes.values()), (-1,))[0]
+        return tuple(batch if d < 0 and i == 0 else d for i, d in enumerate(t["shape"]))
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addresses[name] = int(ptr)
+        return True
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        fake = self._fake
+        if int(stream_handle) not in fake.cuda.streams:
+            raise AssertionError(f"execute_async_v3 got stream {stream_handle}, which is not a live stream")
+        if self._busy:
+            fake.concurrent_context_use += 1
+        self._busy = True
+        try:
+            time.sleep(0.001)  # widen the window in which a second thread would collide
+            feeds = {}
+            for name, t in self.engine.tensors.items():
+                if name not in self.addresses:
+                    raise AssertionError(f"tensor {name} has no address")
+                if t["mode"] != "INPUT":
+                    continue
+                shape = self.shapes.get(name)
+                if shape is None or any(d < 0 for d in shape):
+                    raise AssertionError(f"input {name} has no shape set")
+                dtype = fake.nptype(getattr(fake.DataType, t["dtype"]))
+                raw = fake.cuda.resolve(self.addresses[name], int(np.prod(shape)) * np.dtype(dtype).itemsize)
+                feeds[name] = raw.view(dtype).reshape(shape).copy()
+            results = self.engine.session().run(None, feeds)
+            for t, value in zip(self.engine.header["outputs"], results):
+                value = np.ascontiguousarray(value, dtype=fake.nptype(getattr(fake.DataType, t["dtype"])))
+                expected = self.get_tensor_shape(t["name"])
+                if value.shape != expected:
+                    raise AssertionError(f"output {t['name']} has shape {value.shape}, context said {expected}")
+                target = fake.cuda.resolve(self.addresses[t["name"]], value.nbytes)
+                ctypes.memmove(target.ctypes.data, value.ctypes.data, value.nbytes)
+            fake.executions += 1
+            return True
+        finally:
+            self._busy = False
+
+
+# -- the module --------------------------------------------------------------------------------
+
+
+class FakeTensorRT(types.ModuleType):
+    """Stands in for `import tensorrt` (10.x or 11.x surface, by `version`)."""
+
+    def __init__(self, version: str = "10.3.0.30", cuda: FakeCudaRuntime | None = None, num_dla_cores: int = 0):
+        super().__init__("tensorrt")
+        self.__version__ = version
+        self.version_tuple = tuple(int(p) for p in version.split(".")[:3])
+        self.major = self.version_tuple[0]
+        self.cuda = cuda or FakeCudaRuntime()
+        self.num_dla_cores = num_dla_cores
+        self.removed_touched: list[str] = []
+        self.builds: list[BuildRecord] = []
+        self.deserialize_calls = 0
+        self.executions = 0
+        self.concurrent_context_use = 0
+        self.explicit_batch_used = False
+        self.fail_build_with: list[str] = []
+        self.last_logger_error = ""
+        eleven = self.major >= 11
+        self._removed_module = {"IInt8Calibrator", "IInt8EntropyCalibrator2", "IInt8EntropyCalibrator",
+                                "IInt8MinMaxCalibrator", "IInt8LegacyCalibrator", "CalibrationAlgoType",
+                                "QuantizationFlag"} if eleven else set()
+        precision = {"FP16", "BF16", "INT8", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS",
+                     "PREFER_PRECISION_CONSTRAINTS", "DIRECT_IO"}
+        self.BuilderFlag = FakeEnum(self, "BuilderFlag", [
+            "FP16", "BF16", "INT8", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS",
+            "DIRECT_IO", "DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE", "TF32", "SPARSE_WEIGHTS",
+            "SAFETY_SCOPE", "STRIP_PLAN", "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"],
+            removed=precision if eleven else set())
+        self.NetworkDefinitionCreationFlag = FakeEnum(self, "NetworkDefinitionCreationFlag",
+                                                      ["EXPLICIT_BATCH", "STRONGLY_TYPED"],
+                                                      removed={"EXPLICIT_BATCH"} if eleven else set())
+        self.MemoryPoolType = FakeEnum(self, "MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM",
+                                                                "DLA_LOCAL_DRAM", "DLA_GLOBAL_DRAM", "TACTIC_DRAM"])
+        self.HardwareCompatibilityLevel = FakeEnum(self, "HardwareCompatibilityLevel",
+                                                   ["NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"])
+        self.DeviceType = FakeEnum(self, "DeviceType", ["GPU", "DLA"])
+        self.TensorIOMode = FakeEnum(self, "TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
+        self.DataType = FakeEnum(self, "DataType", ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8",
+                                                    "BF16", "INT64", "INT4"])
+        self.ILogger = self._logger_class()
+        if not eleven:
+            base = self._calibrator_base()
+            self.IInt8Calibrator = base
+            self.IInt8EntropyCalibrator2 = type("IInt8EntropyCalibrator2", (base,), {"algorithm": "EntropyCalibration2"})
+            self.IInt8MinMaxCalibrator = type("IInt8MinMaxCalibrator", (base,), {"algorithm": "MinMaxCalibration"})
+
+    @property
+    def cache_key(self) -> str:
+        """What a timing cache is tied to: TensorRT version and GPU."""
+        return f"{'.'.join(map(str, self.version_tuple))}/sm{self.cuda.compute_capability[0]}{self.cuda.compute_capability[1]}"
+
+    def touch(self, what: str) -> None:
+        self.removed_touched.append(what)
+
+    def __getattr__(self, item: str):
+        if item in self.__dict__.get("_removed_module", ()):
+            self.touch(item)
+        raise AttributeError(f"module 'tensorrt' has no attribute '{item}'")
+
+    # classes user code calls or subclasses
+    def _logger_class(self) -> type:
+        fake = self
+
+        class ILogger:
+            Severity = FakeEnum(fake, "Severity", ["INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"])
+
+            def __init__(self):
+                pass
+
+            def log(self, severity, msg):
+                raise NotImplementedError
+
+        return ILogger
+
+    def _calibrator_base(self) -> type:
+        class IInt8Calibrator:
+            def __init__(self):
+                self._base_initialised = True
+
+        return IInt8Calibrator
+
+    def Builder(self, logger) -> FakeBuilder:  # noqa: N802 - TensorRT's class names
+        return FakeBuilder(self, logger)
+
+    def OnnxParser(self, network: FakeNetwork, logger) -> FakeOnnxParser:  # noqa: N802
+        return FakeOnnxParser(self, network, logger)
+
+    def Runtime(self, logger) -> FakeRuntime:  # noqa: N802
+        return FakeRuntime(self, logger)
+
+    def nptype(self, dtype: EnumMember):
+        return {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "BOOL": np.bool_,
+                "UINT8": np.uint8, "INT64": np.int64}[dtype.name]
+
+
+def install_fake_tensorrt(monkeypatch, version: str = "10.3.0.30", *, compute_capability: tuple[int, int] = (8, 7),
+                          num_dla_cores: int = 0) -> FakeTensorRT:
+    """Put FakeTensorRT in sys.modules as `tensorrt` (and FakeCudaRuntime as cuda-python); monkeypatch restores."""
+    cuda = install_fake_cuda(monkeypatch, FakeCudaRuntime(compute_capability=compute_capability))
+    fake = FakeTensorRT(version, cuda=cuda, num_dla_cores=num_dla_cores)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    return fake
+
+
+def hide_tensorrt(monkeypatch) -> None:
+    """Make `import tensorrt` fail as if it were not installed."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+
+
+SURFACES = {"10.x": "10.3.0.30", "11.x": "11.1.0.8"}

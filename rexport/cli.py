@@ -202,13 +202,15 @@ def sibling(path: str | Path, tag: str) -> Path:
 @click.option("--int8", is_flag=True, help="Also calibrate OUTPUT.int8.onnx (needs --calib-data).")
 @click.option("--calib-data", help="Calibration data for --int8 (and the FP16 range check).")
 @calibration_options
+@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False),
+              help="Also write a bundle of every output with references (see `rexport bundle`).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the export report as JSON.")
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, exporter, labels, key_map, shortcut,
              unsafe_pickle, mean, std, resize, channels, interpolation, max_pixel_value, images, atol, rtol,
              no_parity, fp16, int8, calib_data, method, percentile, target, samples, seed, val_data, max_top1_drop,
-             min_agreement, keep_float, no_stats_cache, json_path, force) -> None:
-    """Export CHECKPOINT to a verified ONNX file (and FP16 / INT8 versions)."""
+             min_agreement, keep_float, no_stats_cache, bundle_dir, json_path, force) -> None:
+    """Export CHECKPOINT to a verified ONNX file (and FP16 / INT8 versions, and a bundle)."""
     if int8 and not calib_data:
         raise InputError("--int8 needs --calib-data (an image folder, .npy/.npz or demo)")
     from rexport.exporter import ExportConfig, ParityConfig, export_onnx, load_checkpoint
@@ -254,6 +256,13 @@ def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, ex
             no_stats_cache=no_stats_cache, overwrite=force))
         report["int8"] = quantized.to_dict()
         click.echo(quantized.format())
+    if bundle_dir:
+        from rexport.runtime.bundle import make_bundle
+
+        written = [Path(output)] + [sibling(output, t) for t, wanted in (("fp16", fp16), ("int8", int8)) if wanted]
+        report["bundle"] = str(make_bundle(written, bundle_dir, data=val_data or calib_data or images,
+                                           checkpoint=checkpoint, overwrite=force))
+        click.echo(f"bundle -> {report['bundle']}")
     write_json(json_path, report)
 
 
@@ -265,11 +274,13 @@ def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, ex
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
               help="TensorRT 10 calibration cache to write (trt target; default: OUTPUT with .cache).")
 @preprocess_options
+@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False),
+              help="Also write a bundle of MODEL and the INT8 output with references.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
 def calibrate_cmd(model, data, output, method, percentile, target, samples, seed, val_data, max_top1_drop,
                   min_agreement, keep_float, no_stats_cache, cache_path, mean, std, resize, channels, interpolation,
-                  max_pixel_value, json_path, force) -> None:
+                  max_pixel_value, bundle_dir, json_path, force) -> None:
     """Calibrate MODEL (an FP32 ONNX from `rexport onnx`) to an INT8 Q/DQ ONNX."""
     from rexport.calibration import quantize
 
@@ -282,6 +293,10 @@ def calibrate_cmd(model, data, output, method, percentile, target, samples, seed
     result = quantize(model, output or sibling(model, "int8"), config)
     write_json(json_path, result.to_dict())
     click.echo(result.format())
+    if bundle_dir:
+        from rexport.runtime.bundle import make_bundle
+
+        click.echo(f"bundle -> {make_bundle([model, result.path], bundle_dir, data=val_data or data, overwrite=force)}")
 
 
 @cli.command("fp16")
@@ -331,6 +346,128 @@ def validate_cmd(models, data, checkpoint, samples, seed, max_top1_drop, min_agr
     click.echo(report.format())
     if not report.passed:
         raise CheckFailed(f"{sum(not r.passed for r in report.rows)} model(s) failed the gates ({report.gates.describe()})")
+
+
+def load_options(f):
+    """Flags shared by the commands that load a model for inference."""
+    for decorator in reversed([
+        click.option("--model", "variant", help="Which model of a bundle: fp32, fp16, int8, engine or a file name."),
+        click.option("--providers", default="auto", show_default=True,
+                     help="onnxruntime providers: auto, cpu, cuda, tensorrt (or a comma list)."),
+        click.option("--threads", type=int, help="onnxruntime intra-op threads (default: its choice)."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+@cli.command("bundle")
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(), help="Bundle directory (or archive with --archive).")
+@click.option("--data", help="Reference inputs and images from here (image folder, .npy/.npz or demo); also validates.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Use PyTorch's logits as the reference (needs torch).")
+@click.option("--samples", type=int, default=8, show_default=True, help="Reference inputs to store.")
+@click.option("--no-validate", is_flag=True, help="Do not run and store the validation report.")
+@click.option("--default", "default_model", help="The model load() picks by default (a file name).")
+@click.option("--archive", is_flag=True, help="Write a single .tar.gz instead of a directory.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+def bundle_cmd(models, output, data, checkpoint, samples, no_validate, default_model, archive, force) -> None:
+    """Bundle MODELS (ONNX files, engines with sidecars) with references for a device self-test."""
+    from rexport.runtime.bundle import make_bundle, open_bundle
+
+    path = make_bundle(list(models), output, data=data, checkpoint=checkpoint, samples=samples,
+                       validate=not no_validate, default=default_model, archive=archive, overwrite=force)
+    bundle = open_bundle(path)
+    try:
+        files = ", ".join(f"{m['file']} ({m['precision']})" for m in bundle.models)
+        click.echo(f"bundle -> {path}: {files}; default {bundle.manifest['default']}; "
+                   f"{bundle.manifest['reference']['samples']} reference inputs "
+                   f"({bundle.manifest['reference']['source']})")
+    finally:
+        bundle.cleanup()
+
+
+@cli.command("predict")
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("-k", "--top-k", type=int, default=5, show_default=True)
+@load_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def predict_cmd(model, images, top_k, variant, providers, threads, as_json) -> None:
+    """Classify IMAGES with MODEL (bundle, .onnx or .engine) and print the top-k."""
+    from rexport.runtime import load
+
+    with load(model, model=variant, providers=providers, threads=threads) as predictor:
+        predictions = predictor.predict(list(images), top_k=top_k)
+    if as_json:
+        click.echo(json.dumps({img: p.to_dict() for img, p in zip(images, predictions)}, indent=2))
+        return
+    for img, p in zip(images, predictions):
+        click.echo(f"{img}: {p}")
+
+
+@cli.command("inspect")
+@click.argument("model", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inspect_cmd(model, as_json) -> None:
+    """Show what MODEL (bundle, .onnx or .engine) says about itself: metadata, I/O, precision census."""
+    from rexport.runtime.inspect import inspect_model
+
+    report = inspect_model(model)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+
+
+@cli.command("selftest")
+@click.argument("bundle", type=click.Path())
+@load_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def selftest_cmd(bundle, variant, providers, threads, as_json) -> None:
+    """Replay a bundle's reference inputs and images on this machine and compare."""
+    from rexport.runtime import load
+    from rexport.runtime.bundle import require_pass
+
+    with load(bundle, model=variant, providers=providers, threads=threads) as predictor:
+        report = predictor.selftest()
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    require_pass(report)
+
+
+@cli.command("bench")
+@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.option("--batch", default="1", show_default=True, help="Batch sizes, comma separated (e.g. 1,8).")
+@click.option("--iterations", type=int, default=100, show_default=True)
+@click.option("--duration", type=float, help="Seconds per measurement (stops before --iterations if reached).")
+@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--bench-threads", type=int, default=1, show_default=True, help="Concurrent callers.")
+@load_options
+@click.option("--images", type=click.Path(file_okay=False), help="Time preprocessing on these images.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON.")
+def bench_cmd(models, batch, iterations, duration, warmup, bench_threads, variant, providers, threads, images,
+              json_path) -> None:
+    """Latency (p50/p90/p99) and throughput of MODELS, and preprocessing time, in one table."""
+    from rexport.runtime import load
+    from rexport.runtime.bench import BenchConfig, bench
+    from rexport.runtime.preprocess import is_image_file
+
+    try:
+        sizes = tuple(int(b) for b in batch.split(","))
+    except ValueError:
+        raise InputError(f"--batch takes comma-separated sizes (e.g. 1,8), not {batch!r}") from None
+    config = BenchConfig(batch_sizes=sizes, iterations=iterations, duration=duration, warmup=warmup,
+                         threads=bench_threads)
+    files = sorted(p for p in Path(images).rglob("*") if is_image_file(p))[:32] if images else None
+    if images and not files:
+        raise InputError(f"--images {images} holds no images")
+    predictors = {}
+    try:
+        for m in dict.fromkeys(str(Path(m).resolve()) for m in models):  # each model once, in order
+            name = Path(m).name if Path(m).name not in predictors else m
+            predictors[name] = load(m, model=variant, providers=providers, threads=threads)
+        report = bench(predictors, config, files)
+    finally:
+        for p in predictors.values():
+            p.close()
+    write_json(json_path, report.to_dict())
+    click.echo(report.format())
 
 
 @cli.command("demo")

@@ -30,3 +30,62 @@ def _private_cache_dir(tmp_path_factory):
     import os
 
     os.environ["REXPORT_CACHE_DIR"] = str(tmp_path_factory.mktemp("rexport-cache"))
+
+
+@pytest.fixture(scope="session")
+def demo_fp32(tmp_path_factory) -> Path:
+    """The embedded demo model (real trained weights) as an FP32 rexport ONNX."""
+    from rexport.demo import data
+    from rexport.exporter import ExportConfig, ParityConfig, export_onnx, load_model
+
+    out = tmp_path_factory.mktemp("demo") / "demo.onnx"
+    export_onnx(load_model(data.WEIGHTS_FILE, data.ARCH), out,
+                ExportConfig(arch=data.ARCH, labels=data.LABELS, preprocess=data.demo_preprocess(),
+                             parity=ParityConfig(enabled=False)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """Export a zoo arch with deterministic weights: exported("resnet18") -> path (64x64 for ImageNet archs)."""
+    from helpers import deterministic_state_dict
+
+    from rexport.exporter import ExportConfig, ParityConfig, build_model, export_onnx
+    from rexport.exporter.checkpoint import LoadedModel
+    from rexport.exporter.zoo import get_arch
+
+    cache: dict[str, Path] = {}
+
+    def make(arch: str) -> Path:
+        if arch not in cache:
+            model = build_model(arch)
+            model.load_state_dict(deterministic_state_dict({k: tuple(v.shape) for k, v in model.state_dict().items()}))
+            spec = get_arch(arch)
+            out = tmp_path_factory.mktemp(arch) / f"{arch}.onnx"
+            export_onnx(LoadedModel(model.eval(), arch, spec.num_classes, 3, {}, None, []), out,
+                        ExportConfig(arch=arch, input_size=None if spec.cifar else (64, 64),
+                                     parity=ParityConfig(enabled=False)))
+            cache[arch] = out
+        return cache[arch]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(demo_fp32, tmp_path_factory) -> Path:
+    """A bundle of the demo model in FP32 and INT8 (cpu target) with references from held-out digits."""
+    from rexport.calibration import QuantizeConfig, quantize
+    from rexport.runtime.bundle import make_bundle
+
+    root = tmp_path_factory.mktemp("bundle")
+    int8 = quantize(demo_fp32, root / "demo.int8.onnx", QuantizeConfig(data="demo:train", samples=128, target="cpu"))
+    images = root / "images"
+    from PIL import Image
+
+    from rexport.demo import data
+
+    test = data.split("test")
+    for i in range(6):
+        (images / str(test.labels[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(test.images[i], "L").save(images / str(test.labels[i]) / f"{i}.png")
+    return make_bundle([demo_fp32, int8.path], root / "bundle", data=str(images), samples=6)

@@ -4,7 +4,9 @@ ResNet-20 trained on scikit-learn's digits (weights in this package):
   1. export to ONNX with the parity check against PyTorch;
   2. FP16 ONNX, and INT8 ONNX calibrated on training images for both targets (TensorRT: int8
      symmetric Q/DQ; CPU: uint8 activations for ONNX Runtime);
-  3. every form scored side by side on the 360 held-out images the model never trained on.
+  3. every form scored side by side on the 360 held-out images the model never trained on;
+  4. a bundle for the device (models, references, report), loaded the way an edge app does,
+     with a prediction and a self-test.
 Everything goes to one output directory, written under a temporary name and renamed into
 place at the end; a previous demo's directory is replaced, anything else is left alone.
 """
@@ -42,7 +44,8 @@ class DemoResult:
         for i, (title, text) in enumerate(self.sections, 1):
             lines += ["", f"{i}. {title}", *("   " + line for line in text.splitlines())]
         lines += ["", f"wrote {self.output}/ in {self.seconds:.1f}s: the ONNX models (FP32, FP16, INT8 for TensorRT "
-                      "and for CPUs) and the held-out images (images/<label>/*.png) to try them on."]
+                      "and for CPUs), bundle/, and the held-out images (images/<label>/*.png) to try them on:",
+                  f"  rexport predict {self.output}/bundle {self.output}/images/3/*.png -k 1"]
         return "\n".join(lines)
 
 
@@ -67,7 +70,9 @@ def _check_output_dir(out: Path) -> None:
 def run_demo(output: str | Path = "rexport-demo") -> DemoResult:
     from rexport.calibration import QuantizeConfig, load_calibration_data, quantize, to_fp16
     from rexport.exporter import ExportConfig, ParityConfig, export_onnx, load_model
+    from rexport.runtime import load
     from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from rexport.runtime.bundle import write_bundle
     from rexport.runtime.validate import Gates, model_label, torch_logits, validate_outputs
 
     start = time.monotonic()
@@ -101,5 +106,20 @@ def run_demo(output: str | Path = "rexport-demo") -> DemoResult:
         report = validate_outputs(reference, outputs, test.labels, Gates(max_top1_drop=0.5), "PyTorch FP32",
                                   data=test.describe())
         sections.append(("held-out accuracy, every form side by side", report.format()))
+
+        bundle_dir = tmp / "bundle"
+        images = sorted((tmp / "images").rglob("*.png"))
+        write_bundle([fp32, fp16.path, int8[1].path, int8[0].path], bundle_dir, inputs=test.inputs[:8],
+                     reference_logits=reference[:8], reference_source="PyTorch FP32", images=images[::90],
+                     validation=report.to_dict())
+        with load(bundle_dir, model="int8") as predictor:  # the edge side: numpy + Pillow + onnxruntime
+            sample = images[7]
+            prediction = predictor.predict(sample, top_k=3)
+            check = predictor.selftest()
+        sections.append(("bundle for the device, and a prediction from it", "\n".join([
+            f"bundle -> {bundle_dir} (4 models, reference inputs and images, the report above)",
+            f"load(bundle, model=\"int8\").predict(\"{sample.relative_to(tmp)}\") -> {prediction}",
+            check.format()])))
+        passed = report.passed and check.passed
         text = [(title, body.replace(str(tmp), str(out))) for title, body in sections]
-    return DemoResult(out, text, report.to_dict(), report.passed, time.monotonic() - start)
+    return DemoResult(out, text, report.to_dict(), passed, time.monotonic() - start)

@@ -1,8 +1,15 @@
-"""ONNX Runtime backend: CPU, CUDA or TensorRT execution providers."""
+"""ONNX Runtime backend: CPU, CUDA or TensorRT execution providers.
+
+Providers are chosen automatically (TensorRT EP, CUDA EP, then CPU, as this onnxruntime build
+has them) or by name. On a GPU provider, inputs and outputs go through IO binding so the
+output is allocated on the device and copied back once. `InferenceSession.run` is thread-safe,
+so one backend serves many threads.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -13,6 +20,7 @@ from rexport.runtime.backends.base import Backend
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider"}
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def resolve_providers(providers: str | list[str] | tuple[str, ...] = "auto") -> list[str]:
@@ -20,7 +28,7 @@ def resolve_providers(providers: str | list[str] | tuple[str, ...] = "auto") -> 
     available = ort.get_available_providers()
     if providers == "auto":
         return [p for p in AUTO_PROVIDERS if p in available] or list(available)
-    names = [providers] if isinstance(providers, str) else list(providers)
+    names = [p.strip() for p in providers.split(",")] if isinstance(providers, str) else list(providers)
     resolved = [PROVIDER_ALIASES.get(p.lower(), p) for p in names]
     missing = [p for p in resolved if p not in available]
     if missing:
@@ -29,33 +37,54 @@ def resolve_providers(providers: str | list[str] | tuple[str, ...] = "auto") -> 
     return resolved
 
 
+def _provider_options(name: str, device: int, model: str | os.PathLike | bytes) -> dict:
+    if name == "CUDAExecutionProvider":
+        return {"device_id": device}
+    if name == "TensorrtExecutionProvider":  # engines are cached beside the model: builds take minutes
+        cache = (Path(model).parent if not isinstance(model, bytes) else Path.cwd()) / ".ort-trt-cache"
+        return {"device_id": device, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}
+    return {}
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, model: str | os.PathLike | bytes, *, providers: str | list[str] = "auto",
-                 threads: int | None = None):
+                 threads: int | None = None, device: int = 0):
         ort = require("onnxruntime", "ort", "run ONNX models")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; we report what matters ourselves
         if threads:
             options.intra_op_num_threads = int(threads)
         self.providers = resolve_providers(providers)
+        self.device = device
         try:
             source = model if isinstance(model, bytes) else os.fspath(model)
-            self.session = ort.InferenceSession(source, options, providers=self.providers)
+            self.session = ort.InferenceSession(
+                source, options, providers=[(p, _provider_options(p, device, model)) for p in self.providers])
         except Exception as e:  # onnxruntime raises its own exception types per failure
             where = "the model" if isinstance(model, bytes) else str(model)
-            raise RexportError(f"onnxruntime cannot load {where}: {str(e).splitlines()[0]}") from None
+            raise RexportError(f"onnxruntime cannot load {where}: {str(e).strip().splitlines()[0]}") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
             raise InputError(f"expected a model with one image input, found {len(inputs)} inputs")
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
         self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inputs[0].shape)
+        active = self.session.get_providers()
+        self.on_gpu = bool(active) and active[0] in GPU_PROVIDERS
+        self.name = f"onnxruntime ({active[0].replace('ExecutionProvider', '')})" if active else "onnxruntime"
 
     @property
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+        if not self.on_gpu:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        binding = self.session.io_binding()  # one per call: bindings are not shared between threads
+        binding.bind_cpu_input(self.input_name, x)
+        binding.bind_output(self.output_name, "cuda", self.device)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]

@@ -3,7 +3,8 @@
 The double's engine computes its outputs with ONNX Runtime on the ONNX it was built from and reads
 and writes host memory standing in for device memory, so the backend's sidecar check, shape,
 buffer, copy, threading and cleanup logic runs for real. Nothing here shows that TensorRT engines
-work: tests/test_tensorrt_real.py does, where TensorRT and a GPU exist.
+work: tests/test_tensorrt_real.py does, where TensorRT and a GPU exist. The FP16 and INT8 engines
+are built from rexport's own FP16 and trt-target Q/DQ ONNX files (rexport.calibration).
 """
 
 from __future__ import annotations
@@ -19,18 +20,13 @@ import pytest
 
 from doubles.fake_cuda import FakeCudaRuntime, hide_cuda, install_fake_cuda
 from doubles.fake_tensorrt import SURFACES, hide_tensorrt
-from doubles.fixtures import make_trt, stand_ins, tiny, trt  # noqa: F401 - fixtures
+from doubles.fixtures import make_trt, tiny, tiny_models, trt  # noqa: F401 - fixtures
 from rexport.errors import CompatibilityError, InputError, RexportError
 from rexport.exporter.tensorrt import BuildConfig, build_engine
 from rexport.runtime import cuda
 from rexport.runtime.backends.tensorrt import TensorRTBackend
 from rexport.runtime.engine_sidecar import EngineSidecar, sidecar_path
 from rexport.runtime.trt_compat import inspect_environment
-
-
-@pytest.fixture(autouse=True)
-def _stand_ins(stand_ins):
-    return stand_ins
 
 
 def engine_for(tmp_path, onnx, name="m.engine", **options):
@@ -124,11 +120,12 @@ def test_sidecar_round_trip(tmp_path, trt, tiny):
 # -- running -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["fp32", "int8"])
+@pytest.mark.parametrize("variant", ["fp32", "fp16", "int8"])
 def test_outputs_equal_onnxruntime_at_every_batch_in_the_profile(tmp_path, trt, tiny, variant):
-    onnx = tiny(variant)
+    onnx = tiny(variant)  # fp16 / int8: made by rexport.calibration
     rng = np.random.default_rng(0)
     with TensorRTBackend(engine_for(tmp_path, onnx)) as backend:
+        assert backend.sidecar.precision == variant
         assert (backend.min_batch, backend.max_batch) == (1, 8)
         assert backend.input_name == "input" and backend.output_name == "logits"
         assert backend.input_shape == (-1, 3, 8, 8)

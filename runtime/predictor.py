@@ -1,0 +1,214 @@
+"""`load()` and the `Predictor`: what an edge app uses.
+
+    from rexport.runtime import load
+    model = load("bundle/")              # or a .tar.gz bundle, a bare .onnx, a .engine (+ sidecar)
+    print(model.predict("cat.jpg"))      # top-k labels, indices, probabilities
+    logits = model.run(batch)            # raw NCHW float32 in, logits out
+
+Only numpy, Pillow and one backend (onnxruntime or tensorrt) are needed. A Predictor is safe
+to share between threads; batches larger than the model's maximum are split, and a model
+with a fixed batch size is padded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rexport.console import log
+from rexport.errors import InputError
+from rexport.runtime.backends.base import Backend
+from rexport.runtime.metadata import BatchRange, ModelInfo
+from rexport.runtime.preprocess import ImageLike, Preprocess, preprocess
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The top-k classes of one image, best first."""
+
+    indices: tuple[int, ...]
+    labels: tuple[str, ...]
+    probabilities: tuple[float, ...]
+
+    @property
+    def index(self) -> int:
+        return self.indices[0]
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    @property
+    def probability(self) -> float:
+        return self.probabilities[0]
+
+    def to_dict(self) -> dict:
+        return {"top": [{"index": i, "label": lb, "probability": round(p, 6)}
+                        for i, lb, p in zip(self.indices, self.labels, self.probabilities)]}
+
+    def __str__(self) -> str:
+        return ", ".join(f"{lb} {100 * p:.1f}%" for lb, p in zip(self.labels, self.probabilities))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Predictor:
+    """A loaded model: preprocessing + backend + labels. Create it with `load()`."""
+
+    def __init__(self, backend: Backend, info: ModelInfo, source: Path, bundle=None, model_file: Path | None = None):
+        self.backend = backend
+        self.info = info
+        self.source = source  # what load() was given
+        self.bundle = bundle
+        self.model_file = model_file or source  # the model file the backend runs
+        limits = getattr(backend, "min_batch", None), getattr(backend, "max_batch", None)
+        static = backend.input_shape[0] not in (-1, None)
+        if static:
+            self.batch = BatchRange(backend.input_shape[0], backend.input_shape[0], backend.input_shape[0])
+        elif limits[1] is not None:
+            self.batch = BatchRange(limits[0] or 1, max(limits[0] or 1, min(info.batch.opt, limits[1])), limits[1])
+        else:
+            self.batch = info.batch
+
+    def __repr__(self) -> str:
+        return (f"Predictor({self.info.arch or 'model'}, {self.info.precision}, {self.backend.name}, "
+                f"batch {self.batch}, from {self.source})")
+
+    # -- raw inference ------------------------------------------------------------------------
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """NCHW float32 -> logits; any batch size (split into the model's range, padded if needed)."""
+        x = np.asarray(x)
+        if x.ndim == 3:
+            raise InputError(f"run() takes a batch (N x {' x '.join(map(str, self.info.input_shape))}); "
+                             "add a leading axis with x[None]")
+        outputs = []
+        for start in range(0, len(x), self.batch.max):
+            chunk = x[start:start + self.batch.max]
+            n = len(chunk)
+            if n < self.batch.min:  # a fixed-size (or minimum) batch: pad with copies, drop their outputs
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch.min - n, axis=0)])
+            outputs.append(self.backend.run(chunk)[:n])
+        if not outputs:
+            raise InputError("input batch is empty")
+        return np.concatenate(outputs)
+
+    # -- images --------------------------------------------------------------------------------
+    @property
+    def preprocessing(self) -> Preprocess:
+        return self.info.preprocess
+
+    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
+        return preprocess(images, self.info.preprocess)
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5) -> Prediction | list[Prediction]:
+        """One image -> a Prediction; a list (or N x H x W x C array) -> a list of them."""
+        single = not isinstance(images, (list, tuple)) and not (isinstance(images, np.ndarray) and images.ndim == 4)
+        predictions = self.classify(self.run(self.preprocess(images)), top_k)
+        return predictions[0] if single else predictions
+
+    def classify(self, logits: np.ndarray, top_k: int = 5) -> list[Prediction]:
+        if top_k < 1:
+            raise InputError(f"top_k must be at least 1, not {top_k}")
+        k = min(top_k, logits.shape[1])
+        probs = softmax(logits)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [Prediction(tuple(int(i) for i in row), tuple(self.info.label(int(i)) for i in row),
+                           tuple(float(p[i]) for i in row)) for row, p in zip(order, probs)]
+
+    # -- checks --------------------------------------------------------------------------------
+    def selftest(self):
+        """Replay the bundle's reference inputs (and images) and compare; see bundle.selftest."""
+        if self.bundle is None:
+            raise InputError(f"{self.source} is not a bundle, so it carries no reference data to test against; "
+                             "make one with `rexport bundle`")
+        from rexport.runtime.bundle import selftest
+
+        return selftest(self)
+
+    def close(self) -> None:
+        self.backend.close()
+        if self.bundle is not None:
+            self.bundle.cleanup()
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _info_from_graph(backend: Backend, path: Path) -> ModelInfo:
+    """A model without rexport metadata: its input shape, ImageNet preprocessing, said aloud."""
+    shape = backend.input_shape
+    if len(shape) != 4 or any(d in (-1, None) for d in shape[1:]):
+        raise InputError(f"{path} has no rexport metadata and its input ({shape}) is not a fixed NCHW image; "
+                         "export it with `rexport onnx`")
+    log.warning("warning: %s has no rexport metadata: assuming ImageNet preprocessing and numeric labels", path.name)
+    c, h, w = shape[1:]
+    out = backend.run(np.zeros((1 if shape[0] in (-1, None) else shape[0], c, h, w), np.float32))
+    return ModelInfo(num_classes=int(out.shape[1]), input_shape=(c, h, w),
+                     preprocess=Preprocess.imagenet((h, w), "L" if c == 1 else "RGB"),
+                     input_name=backend.input_name, output_name=backend.output_name)
+
+
+def open_model_file(path: Path, *, providers="auto", threads: int | None = None, device: int = 0
+                    ) -> tuple[Backend, ModelInfo]:
+    """A backend for one model file, and its description."""
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+        backend = OnnxRuntimeBackend(path, providers=providers, threads=threads, device=device)
+        props = backend.metadata
+        info = ModelInfo.from_props(props) if "num_classes" in props else _info_from_graph(backend, path)
+        return backend, info
+    if suffix in (".engine", ".plan", ".trt"):
+        from rexport.runtime.backends.tensorrt import TensorRTBackend
+
+        backend = TensorRTBackend(path, device=device)
+        if backend.info is None:
+            raise InputError(f"the sidecar of {path} carries no model description (preprocessing, labels); "
+                             "build the engine from a rexport ONNX")
+        return backend, backend.info
+    raise InputError(f"cannot load {path}: expected a bundle directory or archive, a .onnx or a .engine file")
+
+
+def load(path: str | os.PathLike, *, model: str | None = None, providers: str | list[str] = "auto",
+         threads: int | None = None, device: int = 0) -> Predictor:
+    """Load a bundle (directory or archive), a bare .onnx, or a TensorRT .engine (with its sidecar).
+
+    model:     which of a bundle's models to run: a file name or a precision ("fp32", "fp16",
+               "int8", "engine"); default: the bundle's default model
+    providers: onnxruntime execution providers: "auto" (TensorRT, CUDA, then CPU, as available),
+               "cpu", "cuda", "tensorrt", or a list
+    threads:   onnxruntime intra-op threads (default: onnxruntime's choice)
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    from rexport.runtime.bundle import is_bundle, open_bundle
+
+    if is_bundle(path):
+        bundle = open_bundle(path)
+        try:
+            file = bundle.model_file(model)
+            backend, info = open_model_file(file, providers=providers, threads=threads, device=device)
+        except BaseException:
+            bundle.cleanup()
+            raise
+        return Predictor(backend, info, path, bundle, file)
+    if model is not None:
+        raise InputError(f"model={model!r} picks one model of a bundle, but {path} is a single model file")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory without rexport.json, so it is not a bundle; "
+                         "make one with `rexport bundle`")
+    backend, info = open_model_file(path, providers=providers, threads=threads, device=device)
+    return Predictor(backend, info, path)

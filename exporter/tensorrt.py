@@ -558,8 +558,6 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
             notes.append(f"{onnx_path.name} has no rexport metadata: the sidecar cannot describe preprocessing")
 
         built = _build(compat, built_from, plan, config, info, notes)
-        timing_cache = built.timing.save() if built.timing is not None else None
-        calibration_cache = _save_calibration_cache(config, built.calibrator, quantized)
 
         if info is not None:
             calibration = info.calibration
@@ -589,6 +587,9 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
                     raise CheckFailed(f"the TensorRT engine disagrees with {(reference or built_from_path).name} "
                                       "beyond tolerance; nothing was written (see the report; --no-validate skips "
                                       "the check)", report)
+            # caches only for an engine that passed: a calibration cache behind a failed engine would be reused
+            timing_cache = built.timing.save() if built.timing is not None else None
+            calibration_cache = _save_calibration_cache(config, built.calibrator, quantized)
     return BuildResult(output, side, sidecar, plan, report, time.monotonic() - start, built.seconds,
                        timing_cache, calibration_cache, notes)
 

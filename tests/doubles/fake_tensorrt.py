@@ -19,7 +19,9 @@ touches a GPU. What it does:
 - its "engine" computes outputs by running the source ONNX with ONNX Runtime on the CPU
   (`OnnxRuntimeStandInEngine`), reading and writing the FakeCudaRuntime's host-backed "device"
   memory at the addresses the caller set, so the backend's buffer, shape and copy logic is
-  exercised for real.
+  exercised for real. `tamper_outputs` makes that engine compute wrong results (as a bad plan or
+  kernel would), so that validation has something real to catch;
+- `plan_onnx(engine)` returns the ONNX a fake plan was built from: what the builder handed the parser.
 """
 
 from __future__ import annotations
@@ -519,6 +521,17 @@ class FakeRuntime(Surface):
         return OnnxRuntimeStandInEngine(fake, header, data[start + size:])
 
 
+def plan_onnx(engine: str | Path | bytes):
+    """The ONNX model (onnx.ModelProto) a FakeTensorRT plan was built from."""
+    import onnx
+
+    data = engine if isinstance(engine, bytes) else Path(engine).read_bytes()
+    if not data.startswith(ENGINE_MAGIC):
+        raise ValueError("not a FakeTensorRT plan")
+    (size,) = struct.unpack("<I", data[len(ENGINE_MAGIC):len(ENGINE_MAGIC) + 4])
+    return onnx.load_from_string(data[len(ENGINE_MAGIC) + 4 + size:])
+
+
 class OnnxRuntimeStandInEngine(Surface):
     """The double's ICudaEngine. Its "inference" is ONNX Runtime (CPU) on the ONNX it was built from."""
 
@@ -631,6 +644,8 @@ class FakeExecutionContext(Surface):
                 raw = fake.cuda.resolve(self.addresses[name], int(np.prod(shape)) * np.dtype(dtype).itemsize)
                 feeds[name] = raw.view(dtype).reshape(shape).copy()
             results = self.engine.session().run(None, feeds)
+            if fake.tamper_outputs is not None:
+                results = [fake.tamper_outputs(np.array(r)) for r in results]
             for t, value in zip(self.engine.header["outputs"], results):
                 value = np.ascontiguousarray(value, dtype=fake.nptype(getattr(fake.DataType, t["dtype"])))
                 expected = self.get_tensor_shape(t["name"])
@@ -664,6 +679,7 @@ class FakeTensorRT(types.ModuleType):
         self.concurrent_context_use = 0
         self.explicit_batch_used = False
         self.fail_build_with: list[str] = []
+        self.tamper_outputs = None  # logits -> logits, applied to every engine output (a wrong engine)
         self.last_logger_error = ""
         eleven = self.major >= 11
         self._removed_module = {"IInt8Calibrator", "IInt8EntropyCalibrator2", "IInt8EntropyCalibrator",

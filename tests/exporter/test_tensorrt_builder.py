@@ -5,6 +5,11 @@ profiles, options, calibrators, caches) and how it reports failures. They are no
 engines build or run: tests/test_tensorrt_real.py does that where TensorRT and a GPU exist.
 Most tests run once per API surface (the `trt` fixture) and fail if the builder touched an API
 that surface removed.
+
+Everything around TensorRT is rexport's own code: --fp16 and --int8 make genuine FP16 and
+trt-target Q/DQ ONNX files with rexport.calibration (calibrated on a tiny labelled dataset), the
+double parses them, and validation is rexport.runtime.validate's table with the gates asked for.
+The `pipeline` fixture only records those calls (see tests/doubles/spy.py).
 """
 
 from __future__ import annotations
@@ -17,29 +22,44 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto
 
 from doubles.fake_cuda import FakeCudaRuntime, hide_cuda, install_fake_cuda
-from doubles.fake_tensorrt import SURFACES, FakeTensorRT, hide_tensorrt
-from doubles.fixtures import assert_clean, make_trt, stand_ins, tiny, trt  # noqa: F401 - fixtures
+from doubles.fake_tensorrt import SURFACES, FakeTensorRT, hide_tensorrt, plan_onnx
+from doubles.fixtures import assert_clean, make_trt, pipeline, tiny, tiny_data, tiny_models, trt  # noqa: F401
 from helpers import assert_clean_error
+from rexport.calibration.cache import version_int
+from rexport.calibration.data import load_calibration_data
 from rexport.errors import CheckFailed, CompatibilityError, InputError, MissingDependency, RexportError
-from rexport.exporter.tensorrt import BuildConfig, build_engine, default_engine_name, parse_bytes, parse_shapes
+from rexport.exporter.tensorrt import (DEFAULT_AGREEMENT, BuildConfig, build_engine, default_engine_name, parse_bytes,
+                                       parse_shapes)
 from rexport.files import sha256_file
-from rexport.runtime.compare import Tolerance
 from rexport.runtime.engine_sidecar import EngineSidecar
 from rexport.runtime.metadata import BatchRange
 from rexport.runtime.trt_compat import TrtVersion, dla_supported
+from rexport.runtime.validate import Gates, ValidationReport
 
 STRONGLY_TYPED_BIT = 1 << 1
 
 
-@pytest.fixture(autouse=True)
-def _stand_ins(stand_ins):
-    return stand_ins
-
-
 def files(directory) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
+
+
+def props(model) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def rows(report: ValidationReport) -> dict[str, tuple]:
+    """candidate -> (agreement, failures) of a real validation table."""
+    return {r.name: (r.agreement, r.failures) for r in report.rows}
+
+
+def swap_top_two_classes_of_first_sample(logits: np.ndarray) -> np.ndarray:
+    """A wrong engine: the first sample of every batch gets its two best classes swapped."""
+    top2 = np.argsort(logits[0])[-2:]
+    logits[0, top2] = logits[0, top2[::-1]]
+    return logits
 
 
 def build(tmp_path, onnx, **options):
@@ -63,48 +83,73 @@ def test_fp32_build_uses_no_network_flags_and_no_precision_flags(tmp_path, trt, 
     assert files(tmp_path) == ["m.engine", "m.engine.json", "m.onnx"]
 
 
-def test_fp16_converts_the_onnx_and_builds_strongly_typed(tmp_path, trt, tiny, stand_ins):
-    result = build(tmp_path, tiny(), precision="fp16")
+def test_fp16_converts_the_onnx_and_builds_strongly_typed(tmp_path, trt, tiny, pipeline):
+    onnx = tiny()
+    result = build(tmp_path, onnx, precision="fp16")
     record = trt.builds[-1]
-    assert stand_ins.names()[0] == "to_fp16"
+    assert pipeline.names() == ["to_fp16", "validate_backends"]
+    assert pipeline.only("to_fp16")["onnx_path"] == onnx
+    parsed = plan_onnx(result.path)  # what TensorRT's parser got: rexport's FP16 ONNX
+    assert props(parsed)["precision"] == "fp16"
+    assert TensorProto.FLOAT16 in {i.data_type for i in parsed.graph.initializer}
+    assert any(n.op_type == "Cast" for n in parsed.graph.node)
     assert record.network_flags == (0 if is_11(trt) else STRONGLY_TYPED_BIT)
     assert record.strongly_typed and record.builder_flags == set()
     assert result.sidecar.precision == "fp16" and result.sidecar.model.precision == "fp16"
     assert result.sidecar.built_from["precision"] == "fp16"
     assert result.sidecar.built_from["sha256"] != result.sidecar.source_onnx["sha256"]
     assert not any(p.name.endswith(".work") for p in tmp_path.iterdir())  # the on-the-fly ONNX is cleaned up
+    assert result.validation.gates == Gates(min_agreement=DEFAULT_AGREEMENT["fp16"])
+    assert rows(result.validation) == {"onnxruntime m.onnx (cpu)": (None, []), "onnxruntime fp16 (cpu)": (1.0, []),
+                                       "tensorrt fp16": (1.0, [])}
 
 
-def test_fp16_onnx_as_given_needs_no_conversion(tmp_path, trt, tiny, stand_ins):
+def test_fp16_onnx_as_given_needs_no_conversion(tmp_path, trt, tiny, pipeline):
     result = build(tmp_path, tiny("fp16"), precision="fp16")
-    assert "to_fp16" not in stand_ins.names()
+    assert "to_fp16" not in pipeline.names()
     assert trt.builds[-1].strongly_typed and trt.builds[-1].builder_flags == set()
     assert result.sidecar.built_from["sha256"] == result.sidecar.source_onnx["sha256"]
 
 
-def test_fp16_flag_is_a_10x_option(tmp_path, trt, tiny, stand_ins):
+def test_fp16_flag_is_a_10x_option(tmp_path, trt, tiny, pipeline):
     if is_11(trt):
         with pytest.raises(CompatibilityError, match=r"BuilderFlag.FP16 is not available on TensorRT 11.1; leave out "
                                                      r"--fp16-flag"):
             build(tmp_path, tiny(), precision="fp16", fp16_flag=True)
-        assert trt.builds == [] and files(tmp_path) == ["m.onnx"]
+        assert trt.builds == [] and pipeline.calls == [] and files(tmp_path) == ["m.onnx"]
         return
     result = build(tmp_path, tiny(), precision="fp16", fp16_flag=True)
     record = trt.builds[-1]
     assert record.builder_flags == {"FP16"} and not record.strongly_typed and record.network_flags == 0
-    assert "to_fp16" not in stand_ins.names()
+    assert pipeline.names() == ["validate_backends"]  # the FP32 ONNX as it is, no conversion
     assert result.sidecar.precision == "fp16" and "--fp16-flag" in result.sidecar.rebuild_command
 
 
-def test_int8_calibrates_a_trt_target_qdq_onnx_and_builds_strongly_typed(tmp_path, trt, tiny, stand_ins):
-    result = build(tmp_path, tiny(), precision="int8", calib_data="calib", calib_samples=32, seed=3)
+def test_int8_calibrates_a_trt_target_qdq_onnx_and_builds_strongly_typed(tmp_path, trt, tiny, tiny_data, pipeline):
+    result = build(tmp_path, tiny(), precision="int8", calib_data=str(tiny_data), calib_samples=32, seed=3)
     record = trt.builds[-1]
-    (_, source, _, qconfig), = [c for c in stand_ins.calls if c[0] == "quantize"]
-    assert source.name == "m.onnx" and qconfig.target == "trt" and qconfig.data == "calib"
+    call = pipeline.only("quantize")
+    qconfig = call["config"]
+    assert call["onnx_path"].name == "m.onnx" and qconfig.target == "trt" and qconfig.data == str(tiny_data)
     assert (qconfig.samples, qconfig.seed, qconfig.method) == (32, 3, "entropy")
+    assert qconfig.trt_version == trt.__version__  # the calibration cache header is for this TensorRT
     assert record.network_flags == (0 if is_11(trt) else STRONGLY_TYPED_BIT)
     assert record.builder_flags == set()  # precision comes from the Q/DQ ONNX
     assert result.sidecar.precision == "int8"
+    parsed = plan_onnx(result.path)  # what TensorRT's parser got: rexport's trt-target Q/DQ ONNX
+    ops = [n.op_type for n in parsed.graph.node]
+    assert ops.count("QuantizeLinear") >= 2 and {"Conv", "Gemm"} <= set(ops)
+    assert props(parsed) == call.result.info.to_props()  # quantize's result, as it wrote it
+    assert result.sidecar.built_from["precision"] == "int8"
+    assert result.sidecar.built_from["sha256"] != result.sidecar.source_onnx["sha256"]
+    calibration = result.sidecar.model.calibration
+    assert (calibration["method"], calibration["target"], calibration["samples"]) == ("entropy", "trt", 32)
+    assert calibration["census"] == json.loads(props(parsed)["calibration"])["census"]
+    report = result.validation  # FP32 ONNX vs the Q/DQ ONNX (ONNX Runtime) and the engine, on --calib-data
+    assert report.passed and report.gates == Gates(min_agreement=DEFAULT_AGREEMENT["int8"])
+    assert report.data == f"64 {tiny_data}" and report.rows[0].top1 == 1.0  # labelled by the FP32 model
+    assert list(rows(report)) == ["onnxruntime m.onnx (cpu)", "onnxruntime int8 (cpu)", "tensorrt int8"]
+    assert report.rows[1].agreement == report.rows[2].agreement >= 0.95  # the double runs the same Q/DQ ONNX
 
 
 def test_qdq_onnx_weakly_typed_on_10x_gets_the_int8_flag(tmp_path, trt, tiny):
@@ -118,11 +163,11 @@ def test_qdq_onnx_weakly_typed_on_10x_gets_the_int8_flag(tmp_path, trt, tiny):
     assert record.builder_flags == {"INT8"}
 
 
-def test_qdq_onnx_as_given_is_strongly_typed_without_flags(tmp_path, trt, tiny, stand_ins):
+def test_qdq_onnx_as_given_is_strongly_typed_without_flags(tmp_path, trt, tiny, pipeline):
     result = build(tmp_path, tiny("int8"))
     assert trt.builds[-1].strongly_typed and trt.builds[-1].builder_flags == set()
     assert result.sidecar.precision == "int8"
-    assert "quantize" not in stand_ins.names()
+    assert pipeline.names() == ["validate_backends"]
     assert any("validated against ONNX Runtime on the same file" in n for n in result.notes)
 
 
@@ -131,10 +176,10 @@ def test_qdq_onnx_as_given_is_strongly_typed_without_flags(tmp_path, trt, tiny, 
     ("fp16", {"precision": "int8", "calib_data": "x"}, "is FP16; calibrate INT8 from the FP32 ONNX"),
     ("fp32", {"precision": "int8"}, "--int8 needs calibration data"),
 ])
-def test_precision_requests_that_do_not_fit_the_onnx(tmp_path, trt, tiny, variant, options, message):
+def test_precision_requests_that_do_not_fit_the_onnx(tmp_path, trt, tiny, pipeline, variant, options, message):
     with pytest.raises(InputError, match=message):
         build(tmp_path, tiny(variant), **options)
-    assert trt.builds == []
+    assert trt.builds == [] and pipeline.calls == []
     assert not any(p.suffix in (".engine", ".json") for p in tmp_path.iterdir())
 
 
@@ -314,12 +359,43 @@ def test_a_failed_build_is_explained_from_the_logger_and_writes_nothing(tmp_path
     assert files(tmp_path) == ["m.onnx"]  # no engine, sidecar, timing cache or temporary leftovers
 
 
-def test_failed_validation_exits_3_and_writes_nothing(tmp_path, trt, tiny, stand_ins):
-    stand_ins.tolerance = Tolerance(0.0, 0.0)
+def test_failed_validation_exits_3_and_writes_nothing(tmp_path, trt, tiny, tiny_data):
+    trt.tamper_outputs = swap_top_two_classes_of_first_sample  # 8 of the 64 samples (batches of 8) go wrong
     with pytest.raises(CheckFailed, match="disagrees with m.onnx beyond tolerance; nothing was written") as err:
-        build(tmp_path, tiny(), precision="int8", calib_data="calib")
-    assert err.value.exit_code == 3 and not err.value.report.passed
+        build(tmp_path, tiny(), precision="int8", calib_data=str(tiny_data), calib_cache=str(tmp_path / "c.cache"),
+              timing_cache=str(tmp_path / "t.cache"))
+    report = err.value.report
+    assert err.value.exit_code == 3 and isinstance(report, ValidationReport) and not report.passed
+    assert rows(report) == {"onnxruntime m.onnx (cpu)": (None, []),
+                            "onnxruntime int8 (cpu)": (1.0, []),  # the Q/DQ ONNX itself is fine
+                            "tensorrt int8": (0.875, ["agreement 87.50% < 95.00%"])}
+    assert "FAIL tensorrt int8: agreement 87.50% < 95.00%" in report.format()
     assert files(tmp_path) == ["m.onnx"]
+
+
+def test_validation_is_rexports_table_with_the_gates_asked_for(tmp_path, trt, tiny, tiny_data, pipeline):
+    onnx = tiny()
+    result = build(tmp_path, onnx)
+    report = result.validation
+    assert report.passed and report.gates == Gates(min_agreement=DEFAULT_AGREEMENT["fp32"])
+    assert report.data == "64 random inputs" and report.samples == 64
+    assert rows(report) == {"onnxruntime m.onnx (cpu)": (None, []), "tensorrt fp32": (1.0, [])}
+    call = pipeline.only("validate_backends")
+    assert call["inputs"].shape == (64, 3, 8, 8) and call["labels"] is None and call["max_batch"] == 8
+    assert "tensorrt fp32" in result.format() and result.to_dict()["validation"]["passed"] is True
+
+    trt.tamper_outputs = swap_top_two_classes_of_first_sample  # now 8 of 64 answers are wrong
+    lenient = build(tmp_path, onnx, min_agreement=0.8, output="lenient.engine")
+    assert lenient.validation.passed and rows(lenient.validation)["tensorrt fp32"] == (0.875, [])
+    assert lenient.validation.gates == Gates(min_agreement=0.8)
+    with pytest.raises(CheckFailed) as err:
+        build(tmp_path, onnx, max_top1_drop=5, val_data=str(tiny_data), output="drop.engine")
+    assert rows(err.value.report)["tensorrt fp32"] == (0.875, ["top-1 drop 12.50 points > 5",
+                                                               "agreement 87.50% < 99.00%"])
+    assert err.value.report.rows[0].top1 == 1.0  # tiny_data is labelled with the FP32 model's answers
+    with pytest.raises(InputError, match="--max-top1-drop needs labelled data"):
+        build(tmp_path, onnx, max_top1_drop=5, output="unlabelled.engine")  # random inputs have no labels
+    assert files(tmp_path) == ["lenient.engine", "lenient.engine.json", "m.engine", "m.engine.json", "m.onnx"]
 
 
 def test_existing_output_is_refused_before_any_build(tmp_path, trt, tiny):
@@ -418,35 +494,51 @@ def test_the_double_removes_exactly_what_each_version_removed(surface, make_trt)
 # -- the legacy calibrator (TensorRT 10.x) --------------------------------------------------------
 
 
-def test_legacy_calibrator_feeds_batches_and_writes_the_cache(tmp_path, make_trt, tiny, stand_ins):
+def test_legacy_calibrator_feeds_batches_and_writes_the_cache(tmp_path, make_trt, tiny, tiny_data, pipeline):
     trt = make_trt(SURFACES["10.x"])
     cache = tmp_path / "calib.cache"
-    result = build(tmp_path, tiny(), precision="int8", legacy_calibrator=True, calib_data="calib", calib_samples=12,
-                   calib_cache=str(cache))
+    result = build(tmp_path, tiny(), precision="int8", legacy_calibrator=True, calib_data=str(tiny_data),
+                   calib_samples=12, calib_cache=str(cache))
     record = trt.builds[-1]
     assert record.builder_flags == {"INT8"} and not record.strongly_typed
     batch = 4  # the profile's opt batch (1:4:8)
     assert record.calibration_profile == {"input": ((batch, 3, 8, 8),) * 3}
     assert len(record.calibration_batches) == 12 // batch
     fed = np.concatenate(record.calibration_batches)
-    expected = stand_ins.load_calibration_data("calib", result.sidecar.model, samples=12, seed=0).inputs
+    loaded = pipeline.calls_to("load_calibration_data")[0]
+    assert (loaded["source"], loaded["samples"], loaded["seed"]) == (str(tiny_data), 12, 0)
+    expected = load_calibration_data(tiny_data, result.sidecar.model, samples=12, seed=0).inputs
     np.testing.assert_array_equal(fed, expected)  # the exact samples, through "device" memory
+    assert "quantize" not in pipeline.names()
     assert cache.read_text().startswith("TRT-100300-EntropyCalibration2\ninput: ")
     assert result.calibration_cache == cache
     assert result.sidecar.model.calibration["calibrator"] == "TensorRT 10 IInt8EntropyCalibrator2"
     assert trt.cuda.allocations == {}  # the calibrator freed its device buffer
 
-    calls = len(stand_ins.calls)
+    calls = len(pipeline.calls)
     build(tmp_path, tiny(), precision="int8", legacy_calibrator=True, calib_cache=str(cache), output="again.engine",
           validate=False)
     assert trt.builds[-1].calibration_cache_read == cache.read_bytes()
-    assert trt.builds[-1].calibration_batches == [] and len(stand_ins.calls) == calls  # no data loaded
+    assert trt.builds[-1].calibration_batches == [] and len(pipeline.calls) == calls  # no data loaded
 
 
-def test_legacy_minmax_calibrator(tmp_path, make_trt, tiny):
+def test_a_legacy_calibration_cache_is_kept_only_for_an_engine_that_passed(tmp_path, make_trt, tiny, tiny_data):
+    trt = make_trt(SURFACES["10.x"])
+    cache = tmp_path / "calib.cache"
+    trt.tamper_outputs = lambda logits: -logits  # a wrong engine: its answers are the least likely classes
+    options = {"precision": "int8", "legacy_calibrator": True, "calib_data": str(tiny_data), "calib_cache": str(cache)}
+    with pytest.raises(CheckFailed, match="nothing was written"):
+        build(tmp_path, tiny(), **options)
+    assert trt.builds[-1].calibration_batches and files(tmp_path) == ["m.onnx"]  # not reused by the next build
+    trt.tamper_outputs = None
+    build(tmp_path, tiny(), **options)
+    assert trt.builds[-1].calibration_batches and cache.read_text().startswith("TRT-100300-EntropyCalibration2\n")
+
+
+def test_legacy_minmax_calibrator(tmp_path, make_trt, tiny, tiny_data):
     trt = make_trt(SURFACES["10.x"])
     cache = tmp_path / "c.cache"
-    build(tmp_path, tiny(), precision="int8", legacy_calibrator=True, calib_data="calib", calib_samples=8,
+    build(tmp_path, tiny(), precision="int8", legacy_calibrator=True, calib_data=str(tiny_data), calib_samples=8,
           calib_method="minmax", calib_cache=str(cache), validate=False)
     assert cache.read_text().startswith("TRT-100300-MinMaxCalibration")
     with pytest.raises(InputError, match="does not exist; pass --calib-data"):
@@ -454,18 +546,21 @@ def test_legacy_minmax_calibrator(tmp_path, make_trt, tiny):
               output="x.engine")
 
 
-def test_legacy_calibrator_on_11_asks_for_qdq(tmp_path, make_trt, tiny, stand_ins):
+def test_legacy_calibrator_on_11_asks_for_qdq(tmp_path, make_trt, tiny, tiny_data, pipeline):
     trt = make_trt(SURFACES["11.x"])
     with pytest.raises(CompatibilityError, match=r"INT8 calibrator \(IInt8EntropyCalibrator2, --legacy-calibrator\) "
                                                  r"is not available on TensorRT 11.1; leave out --legacy-calibrator"):
-        build(tmp_path, tiny(), precision="int8", legacy_calibrator=True, calib_data="calib")
-    assert trt.builds == [] and stand_ins.calls == [] and files(tmp_path) == ["m.onnx"]
+        build(tmp_path, tiny(), precision="int8", legacy_calibrator=True, calib_data=str(tiny_data))
+    assert trt.builds == [] and pipeline.calls == [] and files(tmp_path) == ["m.onnx"]
 
 
-def test_quantize_cache_is_kept_when_asked(tmp_path, trt, tiny):
+def test_quantize_cache_is_kept_when_asked(tmp_path, trt, tiny, tiny_data):
     cache = tmp_path / "kept.cache"
-    result = build(tmp_path, tiny(), precision="int8", calib_data="calib", calib_cache=str(cache))
-    assert result.calibration_cache == cache and cache.read_text().startswith("TRT-")
+    result = build(tmp_path, tiny(), precision="int8", calib_data=str(tiny_data), calib_cache=str(cache))
+    assert result.calibration_cache == cache
+    lines = cache.read_text().splitlines()  # rexport's cache, with the header for the TensorRT that builds
+    assert lines[0] == f"TRT-{version_int(trt.__version__)}-EntropyCalibration2"
+    assert {line.split(":")[0] for line in lines[1:]} >= {"input", "c1", "r1", "logits"}
 
 
 # -- CLI -----------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """checkpoint -> nn.Module -> ONNX (torch); ONNX -> TensorRT engine (tensorrt, no torch).
 
-The ONNX side needs the `export` extra (torch, onnx); import it from here:
-
     from rexport.exporter import build_model, load_checkpoint, load_model, export_onnx, ExportConfig
+    from rexport.exporter import build_engine, BuildConfig        # TensorRT: no torch needed
+
+The ONNX side needs the `export` extra (torch, onnx), the engine side the `trt` extra.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ _EXPORTS = {
     "LoadedModel": "checkpoint",
     "export_onnx": "onnx_export", "ExportConfig": "onnx_export", "ParityConfig": "onnx_export",
     "ExportResult": "onnx_export", "check_parity": "onnx_export",
+    "build_engine": "tensorrt", "BuildConfig": "tensorrt", "BuildResult": "tensorrt",
 }
 __all__ = list(_EXPORTS)
 
@@ -22,8 +24,9 @@ __all__ = list(_EXPORTS)
 def __getattr__(name: str):
     """Import lazily, so `rexport.exporter.<tensorrt module>` works on devices without torch."""
     if name in _EXPORTS:
-        from rexport.errors import require
+        if _EXPORTS[name] != "tensorrt":
+            from rexport.errors import require
 
-        require("torch", "export", "export PyTorch models")
+            require("torch", "export", "export PyTorch models")
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -307,8 +307,14 @@ def _prepare_onnx(source: OnnxSummary, plan: PrecisionPlan, config: BuildConfig,
     if plan.how == "to_fp16":
         from rexport.calibration import to_fp16
 
+        inputs = None
+        data = config.calib_data or config.val_data
+        if data is not None and source.info is not None:  # check the FP16 range on real samples
+            from rexport.calibration.data import load_calibration_data
+
+            inputs = load_calibration_data(data, source.info, samples=64, seed=config.seed).inputs
         log.info("converting %s to FP16...", source.path.name)
-        return Path(to_fp16(source.path, work / f"{stem}.fp16.onnx", overwrite=True).path), None
+        return Path(to_fp16(source.path, work / f"{stem}.fp16.onnx", inputs=inputs, overwrite=True).path), None
     if plan.how == "quantize":
         from rexport.calibration import QuantizeConfig, quantize
 
@@ -528,13 +534,46 @@ class BuildResult:
         return "\n".join(lines)
 
 
-def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
+def bundle_source(bundle_dir: Path, precision: str | None) -> Path:
+    """The ONNX of a bundle to build from: its trt-target INT8 (for --int8) or FP16 (for --fp16)
+    ONNX when it has one, else its FP32 ONNX (converted on the fly)."""
+    from rexport.runtime.bundle import is_archive, open_bundle
+
+    if is_archive(bundle_dir):
+        raise InputError(f"{bundle_dir} is a bundle archive; extract it (tar xzf) and build into the directory, "
+                         "so the engine can be added to the bundle")
+    bundle = open_bundle(bundle_dir)  # verifies every file first
+    onnx_models = [bundle_dir / m["file"] for m in bundle.models if m["kind"] == "onnx"]
+    for path in onnx_models:
+        info = read_onnx(path).info
+        if info is None or precision is None or info.precision != precision:
+            continue
+        if precision == "fp16" or (info.calibration or {}).get("target") == "trt":
+            return path
+    fp32 = [p for p in onnx_models if read_onnx(p).precision == "fp32"]
+    if not fp32:
+        raise InputError(f"the bundle {bundle_dir} has no FP32 ONNX to build from")
+    return fp32[0]
+
+
+def build_engine(source: str | os.PathLike, output: str | os.PathLike | None = None,
                  config: BuildConfig = BuildConfig()) -> BuildResult:
-    """Build a TensorRT engine from `onnx_path` at `output` (+ `output.json`), validated unless told not to."""
+    """Build a TensorRT engine from an ONNX file (or a bundle directory) at `output`
+    (+ `output.json`), validated unless told not to. Built from a bundle, the engine goes into
+    the bundle (by default) and is added to its manifest."""
     start = time.monotonic()
-    onnx_path = Path(onnx_path)
+    source = Path(source)
+    bundle_dir = None
+    from rexport.runtime.bundle import is_bundle
+
+    if is_bundle(source):
+        bundle_dir, onnx_path = source, bundle_source(source, config.precision)
+    else:
+        onnx_path = source
     if not onnx_path.is_file():
         raise InputError(f"{onnx_path} does not exist")
+    if output is None:
+        output = (bundle_dir or Path(".")) / default_engine_name(onnx_path, config.precision)
     output = check_output(output, overwrite=config.overwrite)
     side = check_output(sidecar_path(output), overwrite=config.overwrite)
     compat = load_tensorrt("build TensorRT engines")
@@ -590,6 +629,11 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
             # caches only for an engine that passed: a calibration cache behind a failed engine would be reused
             timing_cache = built.timing.save() if built.timing is not None else None
             calibration_cache = _save_calibration_cache(config, built.calibrator, quantized)
+    if bundle_dir is not None and output.parent.resolve() == bundle_dir.resolve():
+        from rexport.runtime.bundle import add_to_bundle
+
+        add_to_bundle(bundle_dir, [output, side], "engine", plan.precision)
+        notes.append(f"added {output.name} to the bundle {bundle_dir} (load it with model=\"engine\")")
     return BuildResult(output, side, sidecar, plan, report, time.monotonic() - start, built.seconds,
                        timing_cache, calibration_cache, notes)
 

@@ -488,9 +488,10 @@ def demo_cmd(output: str, json_path: str | None) -> None:
 
 
 @cli.command("trt")
-@click.argument("onnx_path", metavar="ONNX", type=click.Path(dir_okay=False))
+@click.argument("onnx_path", metavar="ONNX|BUNDLE", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Output engine (default: ONNX name [+ .fp16/.int8] + .engine); the sidecar is OUTPUT.json.")
+              help="Output engine (default: ONNX name [+ .fp16/.int8] + .engine, inside a bundle when built from "
+                   "one); the sidecar is OUTPUT.json.")
 @click.option("--fp16", is_flag=True, help="FP16 engine: from an FP16 ONNX (made on the fly from an FP32 one).")
 @click.option("--int8", is_flag=True, help="INT8 engine: from a Q/DQ ONNX (calibrated on the fly with --calib-data).")
 @click.option("--fp16-flag", is_flag=True, help="TensorRT 10.x: BuilderFlag.FP16 on the FP32 ONNX instead.")
@@ -532,8 +533,8 @@ def trt_cmd(onnx_path, output, fp16, int8, fp16_flag, legacy_calibrator, weakly_
             merge_timing_cache, opt_level, hardware_compat, version_compatible, dla_core, no_gpu_fallback,
             no_validate, val_data, val_samples, min_agreement, max_top1_drop, reference, seed, json_path,
             force) -> None:
-    """Build a TensorRT engine (+ sidecar) from ONNX and validate it against ONNX Runtime."""
-    from rexport.exporter.tensorrt import BuildConfig, build_engine, default_engine_name
+    """Build a TensorRT engine (+ sidecar) from an ONNX or a bundle and validate it against ONNX Runtime."""
+    from rexport.exporter.tensorrt import BuildConfig, build_engine
 
     if fp16 and int8:
         raise InputError("give --fp16 or --int8, not both")
@@ -547,7 +548,7 @@ def trt_cmd(onnx_path, output, fp16, int8, fp16_flag, legacy_calibrator, weakly_
                          dla_core=dla_core, gpu_fallback=not no_gpu_fallback, validate=not no_validate,
                          val_data=val_data, val_samples=val_samples, min_agreement=min_agreement,
                          max_top1_drop=max_top1_drop, reference=reference, seed=seed, overwrite=force)
-    result = build_engine(onnx_path, output or default_engine_name(onnx_path, precision), config)
+    result = build_engine(onnx_path, output, config)
     write_json(json_path, result.to_dict())
     click.echo(result.format())
 

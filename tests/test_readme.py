@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
-
-import torch
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -14,19 +13,37 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
+def write_digits(root: Path, split: str, count: int) -> None:
+    from PIL import Image
+
+    from rexport.demo import data
+
+    part = data.split(split)
+    for i in range(count):
+        folder = root / str(part.labels[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(part.images[i], "L").save(folder / f"{i}.png")
+
+
 def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
-    from rexport.exporter import build_model
+    """The setup the README describes: the demo's checkpoint and folders of labelled digits."""
+    from PIL import Image
+
+    from rexport.demo import data
 
     monkeypatch.chdir(tmp_path)
-    torch.manual_seed(0)
-    torch.save(build_model("resnet18", num_classes=5).state_dict(), "checkpoint.pth")
+    shutil.copyfile(data.WEIGHTS_FILE, "checkpoint.pth")
+    write_digits(tmp_path / "calib_images", "train", 200)
+    write_digits(tmp_path / "val_images", "test", 120)
+    Image.fromarray(data.split("test").images[200], "L").save("digit.png")
     blocks = python_blocks()
-    assert len(blocks) >= 3
+    assert len(blocks) >= 4
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
     out = capsys.readouterr().out
-    assert "25557032" in out and "parity" in out
+    assert "25557032" in out and "parity" in out and "validation on" in out
+    assert namespace["prediction"].label == str(data.split("test").labels[200])
 
 
 def test_readme_names_the_commands_ci_runs():

@@ -320,8 +320,9 @@ def fp16_cmd(model, output, data, samples, keep_fp32, force) -> None:
 
 
 @cli.command("validate")
-@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--data", required=True, help="Image folder, .npy/.npz, or demo[:train|:test].")
+@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.option("--data", help="Image folder, .npy/.npz, or demo[:train|:test] (default for a bundle: its "
+                             "reference inputs and stored reference logits).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
               help="Use the PyTorch model as the reference (needs torch); default: the FP32 ONNX among MODELS.")
 @click.option("--samples", type=int, help="Use at most this many samples (default: all).")
@@ -334,7 +335,7 @@ def fp16_cmd(model, output, data, samples, keep_fp32, force) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 def validate_cmd(models, data, checkpoint, samples, seed, max_top1_drop, min_agreement, providers, unsafe_pickle,
                  mean, std, resize, channels, interpolation, max_pixel_value, json_path) -> None:
-    """Run MODELS (FP32/FP16/INT8 ONNX) on the same data and compare them with the reference."""
+    """Run MODELS (ONNX files, engines, bundles) on the same data and compare them with the reference."""
     from rexport.errors import CheckFailed
     from rexport.runtime.validate import Gates, validate
 

@@ -147,53 +147,91 @@ def model_label(path: Path, precision: str, backend: str) -> str:
     return f"{path.name} ({precision.upper()}, {backend})"
 
 
-def validate(models: list[str | os.PathLike], data: str, *, checkpoint: str | os.PathLike | None = None,
+def _open_models(models: list[str | os.PathLike], providers) -> list:
+    """Predictors for every model file, expanding bundles into their models (an engine this
+    machine cannot run is skipped with a warning when it comes from a bundle)."""
+    from rexport.errors import CompatibilityError, MissingDependency
+    from rexport.runtime import load
+    from rexport.runtime.bundle import is_bundle, open_bundle
+
+    opened = []
+    for m in models:
+        path = Path(m)
+        if not path.exists():
+            raise InputError(f"model {path} does not exist")
+        if not is_bundle(path):
+            opened.append(load(path, providers=providers))
+            continue
+        bundle = open_bundle(path)
+        files = [e["file"] for e in bundle.models]
+        bundle.cleanup()
+        for file in files:
+            try:
+                opened.append(load(path, model=file, providers=providers))
+            except (MissingDependency, CompatibilityError) as e:
+                log.warning("warning: skipping %s from %s: %s", file, path.name, e)
+    return opened
+
+
+def validate(models: list[str | os.PathLike], data: str | None = None, *, checkpoint: str | os.PathLike | None = None,
              samples: int | None = None, seed: int = 0, gates: Gates = Gates(), providers="cpu",
              preprocess=None, unsafe_pickle: bool = False) -> ValidationReport:
-    """Validate ONNX files (and, later, engines) on `data` against PyTorch or the FP32 ONNX."""
+    """Validate ONNX files, engines and bundles on `data` against a reference: PyTorch when a
+    checkpoint is given; else, without data, a bundle's stored reference logits on its reference
+    inputs; else the FP32 ONNX among the models."""
     from rexport.calibration.data import load_calibration_data
-    from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from rexport.runtime.metadata import ModelInfo
 
     if not models:
         raise InputError("give at least one model to validate")
-    loaded = []
-    for m in models:
-        path = Path(m)
-        if not path.is_file():
-            raise InputError(f"model {path} does not exist")
-        backend = OnnxRuntimeBackend(path, providers=providers)
-        info = ModelInfo.from_props(backend.metadata)
-        loaded.append((path, info, backend))
-    infos = [info for _, info, _ in loaded]
-    base = next((i for i in infos if i.precision == "fp32"), infos[0])
-    if any(i.input_shape != base.input_shape or i.num_classes != base.num_classes for i in infos):
-        raise InputError("the models take different inputs or have different classes; validate one model's forms")
-    if any(i.preprocess != base.preprocess for i in infos):
-        log.warning("warning: the models record different preprocessing; using %s's", base.arch)
-    pre = preprocess.apply(base.preprocess) if preprocess else base.preprocess
-    dataset = load_calibration_data(data, base, samples=samples, seed=seed, preprocess=pre)
-    if gates.max_top1_drop is not None:
-        dataset.require_labels("--max-top1-drop")
+    predictors = _open_models(models, providers)
+    try:
+        infos = [p.info for p in predictors]
+        base = next((i for i in infos if i.precision == "fp32"), infos[0])
+        if any(i.input_shape != base.input_shape or i.num_classes != base.num_classes for i in infos):
+            raise InputError("the models take different inputs or have different classes; "
+                             "validate one model's forms")
+        if any(i.preprocess != base.preprocess for i in infos):
+            log.warning("warning: the models record different preprocessing; using %s's", base.arch)
+        stored = None
+        if data is None:
+            stored = next((p.bundle for p in predictors if p.bundle is not None), None)
+            if stored is None:
+                raise InputError("give --data (images, .npy/.npz or demo); only a bundle carries its own "
+                                 "reference inputs")
+            ref_arrays = stored.reference()
+            inputs, labels = ref_arrays["inputs"], None
+            what = f"the {len(inputs)} reference inputs of {stored.root.name}"
+        else:
+            pre = preprocess.apply(base.preprocess) if preprocess else base.preprocess
+            dataset = load_calibration_data(data, base, samples=samples, seed=seed, preprocess=pre)
+            inputs, labels, what = dataset.inputs, dataset.labels, dataset.describe()
+        if gates.max_top1_drop is not None and labels is None:
+            raise InputError("--max-top1-drop needs labelled data (class subfolders or an .npz with labels); "
+                             "use --min-agreement for unlabelled data")
+        outputs, timings = {}, {}
+        for p in predictors:
+            name = model_label(p.model_file, p.info.precision, p.backend.name)
+            outputs[name], timings[name] = _timed(p.run, inputs)
+    finally:
+        for p in predictors:
+            p.close()
 
-    outputs, timings = {}, {}
-    for path, info, backend in loaded:
-        name = model_label(path, info.precision, "onnxruntime")
-        outputs[name], timings[name] = _timed(lambda x, b=backend: b.run_batched(x, 32), dataset.inputs)
     if checkpoint is not None:
         ref_name = f"PyTorch FP32 ({Path(checkpoint).name})"
-        reference, timings[ref_name] = _timed(lambda x: torch_logits(checkpoint, base, x, unsafe_pickle),
-                                              dataset.inputs)
+        reference, timings[ref_name] = _timed(lambda x: torch_logits(checkpoint, base, x, unsafe_pickle), inputs)
         candidates = outputs
+    elif stored is not None:
+        ref_name = f"{stored.manifest['reference']['source']} (stored in the bundle)"
+        reference, candidates = ref_arrays["reference"], outputs
     else:
         ref_index = next((k for k, i in enumerate(infos) if i.precision == "fp32"), None)
         if ref_index is None:
-            raise InputError("no reference: include the FP32 ONNX among the models or give --checkpoint "
-                             "(the PyTorch model, needs torch)")
+            raise InputError("no reference: include the FP32 ONNX among the models, give --checkpoint "
+                             "(the PyTorch model, needs torch), or validate a bundle without --data")
         ref_name = list(outputs)[ref_index]
         reference = outputs[ref_name]
         candidates = {k: v for k, v in outputs.items() if k != ref_name}
-    return validate_outputs(reference, candidates, dataset.labels, gates, ref_name, timings, dataset.describe())
+    return validate_outputs(reference, candidates, labels, gates, ref_name, timings, what)
 
 
 def torch_logits(checkpoint, info, inputs: np.ndarray, unsafe_pickle: bool = False) -> np.ndarray:

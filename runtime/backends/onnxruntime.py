@@ -74,7 +74,7 @@ class OnnxRuntimeBackend(Backend):
         self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inputs[0].shape)
         active = self.session.get_providers()
         self.on_gpu = bool(active) and active[0] in GPU_PROVIDERS
-        self.name = f"onnxruntime ({active[0].replace('ExecutionProvider', '')})" if active else "onnxruntime"
+        self.name = f"onnxruntime {active[0].replace('ExecutionProvider', '')}" if active else "onnxruntime"
 
     @property
     def metadata(self) -> dict[str, str]:

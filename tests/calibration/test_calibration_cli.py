@@ -1,0 +1,106 @@
+"""`rexport calibrate / fp16 / validate` and `rexport onnx --fp16 --int8` from the command line,
+including the bad inputs each must refuse with one line and no output."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from helpers import assert_clean_error
+
+
+def test_calibrate_writes_the_model_cache_and_report(run_cli, tmp_path, demo_fp32):
+    result = run_cli("calibrate", demo_fp32, "--data", "demo:train", "--samples", "64", "--val-data", "demo:test",
+                     "--method", "mse", "-o", "q.onnx", "--json", "q.json", "--max-top1-drop", "0.5")
+    assert result.exit_code == 0, result
+    assert (tmp_path / "q.onnx").is_file() and (tmp_path / "q.cache").is_file()
+    report = json.loads((tmp_path / "q.json").read_text())
+    assert report["method"] == "mse" and report["target"] == "trt"
+    assert report["score"]["top1_drop_points"] <= 0.5 and report["census"]["int8_share"] == 1.0
+    assert "budget top-1 drop <= 0.5 points: met" in result.stdout
+
+
+def test_fp16_and_validate(run_cli, tmp_path, demo_fp32):
+    made = run_cli("fp16", demo_fp32, "-o", "h.onnx", "--data", "demo:train", "--samples", "16")
+    assert made.exit_code == 0, made
+    checked = run_cli("validate", demo_fp32, "h.onnx", "--data", "demo:test", "--min-agreement", "0.995",
+                      "--json", "v.json")
+    assert checked.exit_code == 0, checked
+    rows = json.loads((tmp_path / "v.json").read_text())["rows"]
+    assert rows[0]["agreement"] is None and rows[1]["agreement"] >= 0.995 and rows[1]["top1"] >= 0.97
+
+
+def test_validate_gate_failure_exits_3(run_cli, tmp_path, demo_fp32):
+    made = run_cli("calibrate", demo_fp32, "--data", "demo:train", "--samples", "64", "--method", "percentile",
+                   "--percentile", "90", "-o", "crude.onnx")
+    assert made.exit_code == 0, made
+    result = run_cli("validate", demo_fp32, "crude.onnx", "--data", "demo:test", "--max-top1-drop", "0.5")
+    assert_clean_error(result, "failed the gates", code=3)
+    assert "FAIL crude.onnx" in result.stdout
+
+
+def test_validate_against_pytorch(run_cli, demo_fp32):
+    from rexport.demo import data
+
+    result = run_cli("validate", demo_fp32, "--data", "demo:test", "--samples", "40", "--checkpoint", data.WEIGHTS_FILE)
+    assert result.exit_code == 0, result
+    assert "reference: PyTorch FP32" in result.stdout
+
+
+def test_onnx_with_fp16_int8_and_bundle(run_cli, tmp_path):
+    from rexport.demo import data
+
+    result = run_cli("onnx", data.WEIGHTS_FILE, "--arch", "resnet20", "-o", "d.onnx", "--mean", "0.306,0.306,0.306",
+                     "--std", "0.324,0.324,0.324", "--fp16", "--int8", "--calib-data", "demo:train", "--samples", "64",
+                     "--target", "cpu", "--bundle", "b")
+    assert result.exit_code == 0, result
+    assert {"d.onnx", "d.fp16.onnx", "d.int8.onnx", "b"} <= set(os.listdir(tmp_path))
+    manifest = json.loads((tmp_path / "b" / "rexport.json").read_text())
+    assert [m["precision"] for m in manifest["models"]] == ["fp32", "fp16", "int8"]
+    assert manifest["reference"]["source"].startswith("PyTorch")
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    """Data sources that must be refused."""
+    (tmp_path / "empty").mkdir()
+    corrupt = tmp_path / "corrupt" / "3"
+    corrupt.mkdir(parents=True)
+    (corrupt / "a.jpg").write_bytes(b"\xff\xd8\xff not really")
+    (corrupt / "b.png").write_bytes(b"\x89PNG truncated")
+    np.save(tmp_path / "wrong_size.npy", np.zeros((4, 3, 64, 64), np.float32))
+    nan = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    nan[1, 0, 0, 0] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "unlabelled.npy", np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    return tmp_path
+
+
+@pytest.mark.parametrize("data, extra, fragment", [
+    ("empty", [], "holds no images"),
+    ("corrupt", [], "could be decoded"),
+    ("wrong_size.npy", [], "shape 3x64x64 but the model takes 3x32x32"),
+    ("nan.npy", [], "NaN or Inf"),
+    ("unlabelled.npy", ["--max-top1-drop", "0.5"], "needs labelled validation data"),
+    ("nowhere", [], "does not exist"),
+    ("demo:validation", [], "unknown demo split"),
+    ("demo", ["--method", "kl"], ""),
+    ("demo", ["--percentile", "0", "--method", "percentile"], "percentile"),
+])
+def test_calibrate_bad_input(run_cli, bad_inputs, demo_fp32, data, extra, fragment):
+    before = set(os.listdir(bad_inputs))
+    result = run_cli("calibrate", demo_fp32, "--data", data, "-o", "q.onnx", *extra, cwd=bad_inputs)
+    if fragment:
+        assert_clean_error(result, fragment)
+    else:  # click's own choice validation (exit 2)
+        assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert set(os.listdir(bad_inputs)) == before  # no model, no cache, no temporary files
+
+
+def test_calibrating_a_calibrated_model_is_refused(run_cli, tmp_path, demo_fp32):
+    assert run_cli("calibrate", demo_fp32, "--data", "demo", "--samples", "32", "-o", "q.onnx").exit_code == 0
+    assert_clean_error(run_cli("calibrate", "q.onnx", "--data", "demo", "-o", "qq.onnx"), "calibrate the FP32 export")
+    assert_clean_error(run_cli("calibrate", demo_fp32, "--data", "demo", "-o", "q.onnx"), "already exists")

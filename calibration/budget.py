@@ -96,13 +96,14 @@ def fit_budget(layers: list[str], evaluate: Callable[[frozenset[str]], np.ndarra
         raise InputError("--max-top1-drop needs labelled validation data; give class folders or an .npz with "
                          "labels, or use --min-agreement")
     result = BudgetResult()
-    current = score(evaluate(frozenset()), reference, labels)
+    all_int8 = evaluate(frozenset())
+    current = score(all_int8, reference, labels)
     result.steps.append((0, current))
     if current.meets(budget):
         return result
     log.info("INT8 misses the budget (%s); measuring each layer's sensitivity...", budget.describe())
     variance = float(np.var(reference)) or 1.0
-    base = float(np.mean((evaluate(frozenset()) - reference) ** 2) / variance)
+    base = float(np.mean((all_int8 - reference) ** 2) / variance)
     for layer in progress(layers, desc="layer sensitivity", unit="layers"):
         logits = evaluate(frozenset({layer}))
         result.sensitivity[layer] = base - float(np.mean((logits - reference) ** 2) / variance)

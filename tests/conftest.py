@@ -89,3 +89,16 @@ def demo_bundle(demo_fp32, tmp_path_factory) -> Path:
         (images / str(test.labels[i])).mkdir(parents=True, exist_ok=True)
         Image.fromarray(test.images[i], "L").save(images / str(test.labels[i]) / f"{i}.png")
     return make_bundle([demo_fp32, int8.path], root / "bundle", data=str(images), samples=6)
+
+
+@pytest.fixture(autouse=True)
+def _library_logging():
+    """Tests that run the CLI in-process configure the `rexport` logger as the CLI does (own
+    handler, no propagation); give every test the library's default back so caplog sees records."""
+    import logging
+
+    logger = logging.getLogger("rexport")
+    logger.handlers.clear()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+    yield

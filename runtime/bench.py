@@ -106,7 +106,7 @@ def measure(call: Callable[[], object], *, iterations: int, warmup: int, duratio
     return np.array(latencies), time.perf_counter() - wall
 
 
-def _synthetic_jpeg() -> bytes:
+def synthetic_jpeg() -> bytes:
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -134,7 +134,7 @@ def bench(models: dict[str, object], config: BenchConfig = BenchConfig(),
                                  float(np.percentile(ms, 50)), float(np.percentile(ms, 90)),
                                  float(np.percentile(ms, 99)), float(ms.mean()), len(lat) * batch / wall))
     first = next(iter(models.values()))
-    sources = list(images) if images else [_synthetic_jpeg()]
+    sources = list(images) if images else [synthetic_jpeg()]
     what = f"{len(sources)} image(s)" if images else "a synthetic 640x480 JPEG"
     lat, _ = measure(lambda: [first.preprocess(s) for s in sources], iterations=max(3, config.iterations // 10),
                      warmup=1, duration=config.duration)

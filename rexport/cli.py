@@ -31,7 +31,7 @@ class RexportGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
-            click.echo("interrupted; nothing was written", err=True)
+            click.echo("interrupted (unfinished outputs were not written)", err=True)
             ctx.exit(130)
         except Exception as e:  # a bug: say so in one line, the traceback with -v
             if log.isEnabledFor(logging.DEBUG):
@@ -89,9 +89,12 @@ def parse_key_map(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 
 def write_json(path: str | None, payload: dict) -> None:
+    """The --json report the user asked for; replacing an earlier one is said aloud."""
     if path:
         from rexport.files import atomic_output
 
+        if Path(path).exists():
+            log.info("replacing the earlier report %s", path)
         with atomic_output(path, overwrite=True) as tmp:
             tmp.write_text(json.dumps(payload, indent=2) + "\n")
 

@@ -69,14 +69,13 @@ class Predictor:
         self.source = source  # what load() was given
         self.bundle = bundle
         self.model_file = model_file or source  # the model file the backend runs
-        limits = getattr(backend, "min_batch", None), getattr(backend, "max_batch", None)
-        static = backend.input_shape[0] not in (-1, None)
-        if static:
-            self.batch = BatchRange(backend.input_shape[0], backend.input_shape[0], backend.input_shape[0])
-        elif limits[1] is not None:
-            self.batch = BatchRange(limits[0] or 1, max(limits[0] or 1, min(info.batch.opt, limits[1])), limits[1])
-        else:
-            self.batch = info.batch
+        fixed = backend.input_shape[0]
+        if fixed not in (-1, None):  # a static batch: run() pads to it
+            self.batch = BatchRange(fixed, fixed, fixed)
+        else:  # an engine's profile limits it; otherwise the range recorded at export
+            lo = getattr(backend, "min_batch", None) or info.batch.min
+            hi = getattr(backend, "max_batch", None) or info.batch.max
+            self.batch = BatchRange(lo, min(max(info.batch.opt, lo), hi), hi)
 
     def __repr__(self) -> str:
         return (f"Predictor({self.info.arch or 'model'}, {self.info.precision}, {self.backend.name}, "

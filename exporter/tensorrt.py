@@ -705,7 +705,7 @@ def _legacy_calibrator(compat: TensorRT, builder: Any, builder_config: Any, conf
                        info: ModelInfo | None, shapes: dict) -> Any:
     cache = None
     if config.calib_cache and Path(config.calib_cache).is_file():
-        cache = Path(config.calib_cache).read_bytes()
+        cache = _cache_for_this_version(Path(config.calib_cache), str(compat.version))
         log.info("using calibration cache %s (delete it to calibrate again)", config.calib_cache)
     inputs = None
     if cache is None:
@@ -732,6 +732,21 @@ def _legacy_calibrator(compat: TensorRT, builder: Any, builder_config: Any, conf
         profile.set_shape(name, shape, shape, shape)
     compat.set_calibrator(builder_config, calibrator, profile)
     return calibrator
+
+
+def _cache_for_this_version(path: Path, version: str) -> bytes:
+    """TensorRT silently ignores a calibration cache whose header names another version. The
+    scales are dynamic ranges, valid across versions, so relabel the header, and say so."""
+    from rexport.calibration.cache import read_calibration_cache, retarget_header, version_int
+
+    header, _ = read_calibration_cache(path)  # also rejects a file that is not a cache, clearly
+    data = path.read_bytes()
+    wanted = f"TRT-{version_int(version)}-"
+    if header.startswith(wanted):
+        return data
+    log.warning("warning: %s has the header %s, which TensorRT %s would ignore; it is used with the header "
+                "relabelled for this version (the scales are unchanged)", path, header, version)
+    return retarget_header(header, version).encode() + data[data.index(b"\n"):]
 
 
 def _save_calibration_cache(config: BuildConfig, calibrator: Any, quantized: Any) -> Path | None:

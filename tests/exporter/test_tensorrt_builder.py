@@ -521,6 +521,13 @@ def test_legacy_calibrator_feeds_batches_and_writes_the_cache(tmp_path, make_trt
     assert trt.builds[-1].calibration_cache_read == cache.read_bytes()
     assert trt.builds[-1].calibration_batches == [] and len(pipeline.calls) == calls  # no data loaded
 
+    # a cache written for another TensorRT version: relabelled (TensorRT would skip it silently)
+    stale = tmp_path / "stale.cache"
+    stale.write_text(cache.read_text().replace("TRT-100300-", "TRT-100100-", 1))
+    build(tmp_path, tiny(), precision="int8", legacy_calibrator=True, calib_cache=str(stale), output="third.engine",
+          validate=False)
+    assert trt.builds[-1].calibration_cache_read == cache.read_bytes()
+
 
 def test_a_legacy_calibration_cache_is_kept_only_for_an_engine_that_passed(tmp_path, make_trt, tiny, tiny_data):
     trt = make_trt(SURFACES["10.x"])

@@ -43,7 +43,7 @@ class Fp16Result:
     def format(self) -> str:
         lines = [f"FP16 -> {self.path} ({self.path.stat().st_size / 1e6:.1f} MB, {self.seconds:.1f}s)"]
         if self.kept_fp32:
-            lines.append(f"  kept in FP32: " + ", ".join(f"{n} ({why})" for n, why in self.kept_fp32.items()))
+            lines.append("  kept in FP32: " + ", ".join(f"{n} ({why})" for n, why in self.kept_fp32.items()))
         if self.overflow:
             lines.append("  beyond the FP16 range in FP32: " +
                          ", ".join(f"{t} (max |x| {v:.3g})" for t, v in self.overflow.items()))

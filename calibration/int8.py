@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rexport.calibration.budget import Budget, BudgetResult, Score, fit_budget, score
+from rexport.calibration.budget import Budget, BudgetResult, Score, fit_budget
 from rexport.calibration.cache import DEFAULT_TRT_VERSION, write_calibration_cache
 from rexport.calibration.census import Census, census
 from rexport.calibration.data import CalibrationData, load_calibration_data
@@ -192,10 +192,9 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
     onnx.checker.check_model(qmodel, full_check=True)
     with atomic_output(output, overwrite=config.overwrite) as tmp:
         onnx.save(qmodel, str(tmp))
-        if cache_path is not None:
+        if cache_path is not None:  # trt target: every scale is the tensor's threshold / 127
             fp32_tensors = set(producers(model.graph)) | {i.name for i in model.graph.input}
-            scales = {n: threshold(stats[n], config.method, percentile=config.percentile) / 127.0
-                      for n in stats if n in fp32_tensors}
+            scales = {n: params[n].scale for n in stats if n in fp32_tensors}
             write_calibration_cache(cache_path, scales, method=config.method, trt_version=config.trt_version,
                                     overwrite=config.overwrite)
     log.info("INT8: %s", counts.format())

@@ -543,7 +543,7 @@ def test_a_legacy_calibration_cache_is_kept_only_for_an_engine_that_passed(tmp_p
 
 
 def test_legacy_minmax_calibrator(tmp_path, make_trt, tiny, tiny_data):
-    trt = make_trt(SURFACES["10.x"])
+    make_trt(SURFACES["10.x"])
     cache = tmp_path / "c.cache"
     build(tmp_path, tiny(), precision="int8", legacy_calibrator=True, calib_data=str(tiny_data), calib_samples=8,
           calib_method="minmax", calib_cache=str(cache), validate=False)

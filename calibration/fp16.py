@@ -24,7 +24,7 @@ from rexport.calibration.stats import activation_tensors, run_intermediates
 from rexport.console import log
 from rexport.errors import CheckFailed, InputError
 from rexport.files import atomic_output, check_output
-from rexport.onnx_graph import initializers, onnx_module, producers
+from rexport.onnx_graph import initializers, onnx_module, producers, topological_sort
 from rexport.runtime.metadata import ModelInfo
 
 FP16_MAX = 65504.0
@@ -148,9 +148,7 @@ def convert(model, keep_fp32: set[str]):
                                                   to=TensorProto.FLOAT16))
     g.node.extend(casts)
     del g.value_info[:]
-    from rexport.calibration.qdq import _topological_sort
-
-    _topological_sort(g)
+    topological_sort(g)
     return onnx.shape_inference.infer_shapes(out, check_type=True)
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rexport.errors import InputError
-from rexport.onnx_graph import consumers, initializers, onnx_module, producers
+from rexport.onnx_graph import consumers, initializers, onnx_module, producers, topological_sort
 
 TARGETS = ("trt", "cpu")
 QUANTIZABLE = ("Conv", "Gemm")
@@ -243,7 +243,7 @@ def insert_qdq(model, qparams: dict[str, QParams], target: str, keep_float: froz
     graph.node.extend(b.nodes)
     graph.initializer.extend(b.inits)
     _drop_initializers(graph, used)
-    _topological_sort(graph)
+    topological_sort(graph)
     return out
 
 
@@ -268,31 +268,3 @@ def _drop_initializers(graph, names: set[str]) -> None:
     keep = [i for i in graph.initializer if i.name not in names]
     del graph.initializer[:]
     graph.initializer.extend(keep)
-
-
-def _topological_sort(graph) -> None:
-    """ONNX requires nodes in dependency order; new Q/DQ nodes were appended at the end.
-    Kahn's algorithm, keeping the original order where it is free to."""
-    available = {i.name for i in graph.initializer} | {i.name for i in graph.input} | {""}
-    nodes = list(graph.node)
-    waiting = [sum(1 for i in set(n.input) if i not in available) for n in nodes]
-    readers: dict[str, list[int]] = {}
-    for k, n in enumerate(nodes):
-        for i in set(n.input):
-            if i not in available:
-                readers.setdefault(i, []).append(k)
-    ready = [k for k, w in enumerate(waiting) if w == 0]
-    heapq.heapify(ready)
-    ordered = []
-    while ready:
-        k = heapq.heappop(ready)
-        ordered.append(nodes[k])
-        for o in nodes[k].output:
-            for r in readers.pop(o, ()):
-                waiting[r] -= 1
-                if waiting[r] == 0:
-                    heapq.heappush(ready, r)
-    if len(ordered) != len(nodes):
-        raise InputError("the graph has a cycle or an undefined input; cannot order its nodes")
-    del graph.node[:]
-    graph.node.extend(ordered)

@@ -32,7 +32,7 @@ from rexport.files import atomic_output, check_output
 from rexport.onnx_graph import consumers, fold_constants, producers
 from rexport.runtime.compare import Comparison, Tolerance, compare
 from rexport.runtime.metadata import BatchRange, ModelInfo
-from rexport.runtime.preprocess import Preprocess, PreprocessOverrides, is_image_file, preprocess
+from rexport.runtime.preprocess import Preprocess, PreprocessOverrides
 
 # Opset 17 is read by TensorRT 8.6 through 11 and every current ONNX Runtime.
 DEFAULT_OPSET = 17
@@ -174,6 +174,7 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint | LoadedModel, output
         _torch_export(loaded.model, tmp, info, config)
         model = fold_constants(onnx.load(str(tmp)))
         del model.graph.value_info[:]  # recomputed by shape inference below
+        _name_batch_dim(model)
         _check_batchnorm_folded(model)
         del model.metadata_props[:]
         for key, value in info.to_props().items():
@@ -255,20 +256,14 @@ def _torch_export(model: torch.nn.Module, path: Path, info: ModelInfo, config: E
         raise
     except Exception as e:  # exporter internals raise many types; the first line says what broke
         raise RexportError(f"torch.onnx.export failed for {info.arch}: {str(e).strip().splitlines()[0]}") from None
-    if config.exporter == "dynamo" and not b.static:
-        _rename_batch_dim(path)
 
 
-def _rename_batch_dim(path: Path) -> None:
-    """The dynamo exporter names the symbolic batch 's0' or 'batch'; make it 'batch' everywhere."""
-    import onnx
-
-    model = onnx.load(str(path))
+def _name_batch_dim(model) -> None:
+    """Call the symbolic batch axis 'batch' on the input and output (dynamo names it 's0' or 'batch')."""
     for vi in [*model.graph.input, *model.graph.output]:
         dim = vi.type.tensor_type.shape.dim[0]
         if dim.dim_param or not dim.HasField("dim_value"):
             dim.dim_param = "batch"
-    onnx.save(model, str(path))
 
 
 def _check_batchnorm_folded(model) -> None:
@@ -280,22 +275,6 @@ def _check_batchnorm_folded(model) -> None:
                 and len(read_by[node.input[0]]) == 1):
             raise RexportError(f"BatchNorm {node.name} was not folded into its convolution; "
                                "is the model in eval mode?")
-
-
-def _image_batch(directory: str, pre: Preprocess, limit: int) -> tuple[np.ndarray | None, list[str]]:
-    root = Path(directory)
-    if not root.is_dir():
-        raise InputError(f"--images {directory} is not a directory")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))[:limit]
-    if not files:
-        raise InputError(f"--images {directory} holds no image files ({', '.join(sorted({'.jpg', '.png', '.bmp'}))}...)")
-    arrays, skipped = [], []
-    for f in files:
-        try:
-            arrays.append(preprocess(f, pre)[0])
-        except InputError:
-            skipped.append(str(f))
-    return (np.stack(arrays) if arrays else None), skipped
 
 
 def check_parity(model: torch.nn.Module, onnx_path: str | os.PathLike, info: ModelInfo,
@@ -310,10 +289,10 @@ def check_parity(model: torch.nn.Module, onnx_path: str | os.PathLike, info: Mod
     inputs = [("random", rng.standard_normal((n, *info.input_shape), dtype=np.float32)) for n in sizes]
     report = ParityReport(config.tolerance)
     if config.images:
-        images, report.skipped_images = _image_batch(config.images, info.preprocess, config.max_images)
-        if images is None:
-            raise InputError(f"none of the images in {config.images} could be read "
-                             f"(e.g. {report.skipped_images[0]})")
+        from rexport.calibration.data import load_calibration_data
+
+        data = load_calibration_data(config.images, info, samples=config.max_images, seed=config.seed)
+        images, report.skipped_images = data.inputs, data.skipped
         # the first n images at each batch size, repeated cyclically when there are fewer
         inputs += [("images", np.resize(images, (n, *images.shape[1:]))) for n in sizes]
     model.eval()

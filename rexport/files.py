@@ -62,18 +62,24 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterat
         tmp.unlink(missing_ok=True)
 
 
-@contextmanager
-def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory; it replaces the directory `path` only if the block completes."""
+def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Fail early, before any long work, if the directory `path` cannot or must not be written."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path} exists and is not a directory; choose another output")
     if path.exists() and not overwrite and any(path.iterdir()):
         raise InputError(f"{path} already exists and is not empty; pass --force to replace it "
                          "or choose another output")
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write {path}: directory {path.parent} does not exist")
+    return path
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory; it replaces the directory `path` only if the block completes."""
+    path = check_output_dir(path, overwrite=overwrite)
     parent = path.parent
-    if not parent.is_dir():
-        raise InputError(f"cannot write {path}: directory {parent} does not exist")
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
     except OSError as e:

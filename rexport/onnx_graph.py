@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 
 import numpy as np
 
-from rexport.errors import require
+from rexport.errors import InputError, require
 
 
 def onnx_module():
@@ -74,3 +75,31 @@ def fold_constants(model):
     del graph.initializer[:]
     graph.initializer.extend(new_inits)
     return model
+
+
+def topological_sort(graph) -> None:
+    """Put nodes in the dependency order ONNX requires (after appending new ones), in place.
+    Kahn's algorithm, keeping the original order where it is free to."""
+    available = {i.name for i in graph.initializer} | {i.name for i in graph.input} | {""}
+    nodes = list(graph.node)
+    waiting = [sum(1 for i in set(n.input) if i not in available) for n in nodes]
+    readers: dict[str, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for i in set(n.input):
+            if i not in available:
+                readers.setdefault(i, []).append(k)
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        k = heapq.heappop(ready)
+        ordered.append(nodes[k])
+        for o in nodes[k].output:
+            for r in readers.pop(o, ()):
+                waiting[r] -= 1
+                if waiting[r] == 0:
+                    heapq.heappush(ready, r)
+    if len(ordered) != len(nodes):
+        raise InputError("the graph has a cycle or an undefined input; cannot order its nodes")
+    del graph.node[:]
+    graph.node.extend(ordered)

@@ -29,7 +29,7 @@ import numpy as np
 from rexport import __version__
 from rexport.console import fmt_err, fmt_pct, log, table
 from rexport.errors import CheckFailed, InputError
-from rexport.files import atomic_directory, atomic_output, check_output, sha256_file
+from rexport.files import atomic_directory, atomic_output, check_output, check_output_dir, sha256_file
 from rexport.runtime.compare import Tolerance, compare
 from rexport.runtime.metadata import ModelInfo
 
@@ -401,7 +401,7 @@ def make_bundle(models: list[str | os.PathLike], output: str | os.PathLike, *, d
             raise InputError(f"model {p} does not exist")
     out = Path(output)
     if not archive:
-        check_output_dir(out, overwrite)
+        check_output_dir(out, overwrite=overwrite)
     infos = [_describe_model(p)[2] for p in paths]
     base = next((i for i in infos if i is not None and i.precision == "fp32"), infos[0])
     inputs, images, validation = None, None, None
@@ -426,9 +426,3 @@ def make_bundle(models: list[str | os.PathLike], output: str | os.PathLike, *, d
     return write_bundle(paths, out, inputs=inputs, reference_logits=reference, reference_source=source,
                         images=images, validation=validation, default=default, archive=archive, overwrite=overwrite)
 
-
-def check_output_dir(path: Path, overwrite: bool) -> None:
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{path} exists and is not a directory; choose another output")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise InputError(f"{path} already exists and is not empty; pass --force to replace it or choose another output")

@@ -498,6 +498,11 @@ def demo_cmd(output: str, json_path: str | None) -> None:
                    "one); the sidecar is OUTPUT.json.")
 @click.option("--fp16", is_flag=True, help="FP16 engine: from an FP16 ONNX (made on the fly from an FP32 one).")
 @click.option("--int8", is_flag=True, help="INT8 engine: from a Q/DQ ONNX (calibrated on the fly with --calib-data).")
+@click.option("--rtx", is_flag=True, help="Build with TensorRT for RTX (the default when it is the only TensorRT "
+                                         "installed); works without a GPU.")
+@click.option("--compute-capability", metavar="CC[,CC...]",
+              help="TensorRT for RTX: the GPUs to build for, e.g. 8.6,8.9,12.0 (default: the GPU here; without "
+                   "one, 8.6,8.9,12.0).")
 @click.option("--fp16-flag", is_flag=True, help="TensorRT 10.x: BuilderFlag.FP16 on the FP32 ONNX instead.")
 @click.option("--legacy-calibrator", is_flag=True, help="TensorRT 10.x: TensorRT's own INT8 calibrator instead of Q/DQ.")
 @click.option("--weakly-typed", is_flag=True, help="TensorRT 10.x: build an FP16/Q-DQ ONNX weakly typed (with flags).")
@@ -532,18 +537,22 @@ def demo_cmd(output: str, json_path: str | None) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the build report as JSON.")
 @click.option("--force", is_flag=True, help="Replace an existing engine and sidecar.")
-def trt_cmd(onnx_path, output, fp16, int8, fp16_flag, legacy_calibrator, weakly_typed, calib_data, calib_method,
+def trt_cmd(onnx_path, output, fp16, int8, rtx, compute_capability, fp16_flag, legacy_calibrator, weakly_typed, calib_data, calib_method,
             calib_samples, calib_cache, batch, min_shapes, opt_shapes, max_shapes, workspace, timing_cache,
             merge_timing_cache, opt_level, hardware_compat, version_compatible, dla_core, no_gpu_fallback,
             no_validate, val_data, val_samples, min_agreement, max_top1_drop, reference, seed, json_path,
             force) -> None:
-    """Build a TensorRT engine (+ sidecar) from an ONNX or a bundle and validate it against ONNX Runtime."""
+    """Build a TensorRT engine (+ sidecar) from an ONNX or a bundle and validate it against ONNX Runtime.
+
+    With TensorRT for RTX (--rtx) the engine can be built on a machine without a GPU, for the RTX
+    GPUs named by --compute-capability; it is validated where it runs (`rexport validate`)."""
     from rexport.exporter.tensorrt import BuildConfig, build_engine
 
     if fp16 and int8:
         raise InputError("give --fp16 or --int8, not both")
     precision = "fp16" if fp16 else "int8" if int8 else None
-    config = BuildConfig(precision=precision, fp16_flag=fp16_flag, legacy_calibrator=legacy_calibrator,
+    config = BuildConfig(precision=precision, flavour="rtx" if rtx else None,
+                         compute_capabilities=compute_capability, fp16_flag=fp16_flag, legacy_calibrator=legacy_calibrator,
                          weakly_typed=weakly_typed, calib_data=calib_data, calib_method=calib_method,
                          calib_samples=calib_samples, calib_cache=calib_cache, batch=batch, min_shapes=min_shapes,
                          opt_shapes=opt_shapes, max_shapes=max_shapes, workspace=workspace, timing_cache=timing_cache,

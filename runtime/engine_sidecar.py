@@ -1,12 +1,14 @@
 """The sidecar of a TensorRT engine: `model.engine` -> `model.engine.json`.
 
-A serialized engine loads only on the TensorRT version that built it and (unless built for
-hardware compatibility) on GPUs of the same compute capability; TensorRT itself says so with
-a cryptic log line and a None. The sidecar records what the engine was built with and for,
-so the runtime can check it *before* deserializing and say, in one sentence, what to rebuild.
+A serialized engine loads only on the TensorRT flavour and version that built it and (unless
+built for hardware compatibility, or for several targets with TensorRT for RTX) on GPUs of the
+compute capability it was built for; TensorRT itself says so with a cryptic log line and a None.
+The sidecar records what the engine was built with and for, so the runtime can check it *before*
+deserializing and say, in one sentence, what to rebuild.
 
-It holds: the model's ModelInfo, TensorRT version, GPU name and compute capability,
-optimization profile shapes, precision, the source ONNX's sha256 (and of the ONNX actually
+It holds: the model's ModelInfo, the TensorRT flavour ("tensorrt" or "rtx") and version, the GPU
+it was built on (none for an RTX engine built ahead of time), the compute capabilities it runs
+on, optimization profile shapes, precision, the source ONNX's sha256 (and of the ONNX actually
 parsed, when that was made on the fly), the build options and the command that rebuilds it.
 """
 
@@ -14,36 +16,29 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rexport import __version__
 from rexport.errors import CompatibilityError, InputError
 from rexport.runtime.metadata import ModelInfo
-from rexport.runtime.trt_compat import TrtVersion
+from rexport.runtime.trt_compat import (FLAVOURS, TrtVersion, format_compute_capability, parse_compute_capability,
+                                        product_name)
 
-FORMAT = "rexport-engine-sidecar/1"
+FORMAT = "rexport-engine-sidecar/2"
+READABLE = ("rexport-engine-sidecar/1", FORMAT)  # /1: TensorRT only, built on its one GPU
 
 
 def sidecar_path(engine: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(engine)}.json")
 
 
-def parse_compute_capability(text: str | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(text, tuple):
-        return int(text[0]), int(text[1])
-    major, _, minor = str(text).partition(".")
-    try:
-        return int(major), int(minor or 0)
-    except ValueError:
-        raise InputError(f"compute capability must look like 8.7, not {text!r}") from None
-
-
 @dataclass(frozen=True)
 class EngineSidecar:
     tensorrt_version: str
-    gpu_name: str
-    compute_capability: str  # "8.7"
+    gpu_name: str  # the GPU it was built on; "" when built without one (RTX, ahead of time)
+    compute_capability: str  # that GPU's, "8.7"; "" when built without one
     precision: str  # fp32 / fp16 / int8 / mixed: what the engine computes in
     profile: dict[str, dict[str, list[int]]]  # input name -> {"min", "opt", "max"} shapes
     source_onnx: dict  # {"path": ..., "sha256": ..., "precision": ...}: the file the user gave
@@ -52,8 +47,30 @@ class EngineSidecar:
     model: ModelInfo | None = None
     rebuild_command: str = ""
     rexport_version: str = __version__
+    flavour: str = "tensorrt"  # "tensorrt" or "rtx" (TensorRT for RTX)
+    targets: tuple[str, ...] = ()  # compute capabilities it runs on; () = the build GPU's
+
+    def __post_init__(self) -> None:
+        if self.flavour not in FLAVOURS:
+            raise InputError(f"engine sidecar names an unknown TensorRT flavour {self.flavour!r}; rebuild the engine "
+                             "with `rexport trt`")
+        targets = self.targets or ((self.compute_capability,) if self.compute_capability else ())
+        if not targets:
+            raise InputError("engine sidecar names neither the GPU it was built on nor its target compute "
+                             "capabilities; rebuild the engine with `rexport trt`")
+        object.__setattr__(self, "targets", tuple(format_compute_capability(parse_compute_capability(t))
+                                                  for t in targets))
 
     # -- what the runtime needs -------------------------------------------------------------
+    @property
+    def product(self) -> str:
+        """"TensorRT 10.3" or "TensorRT for RTX 1.7"."""
+        return product_name(self.flavour, self.tensorrt_version)
+
+    @property
+    def built_without_gpu(self) -> bool:
+        return not self.compute_capability
+
     @property
     def version_compatible(self) -> bool:
         return bool(self.build_options.get("version_compatible"))
@@ -62,45 +79,67 @@ class EngineSidecar:
     def hardware_compatibility(self) -> str:
         return str(self.build_options.get("hardware_compatibility") or "none")
 
+    def describe_target(self) -> str:
+        """"compute capability 8.7 (Orin)" or "compute capabilities 8.6, 8.9, 12.0"."""
+        if len(self.targets) > 1:
+            return f"compute capabilities {', '.join(self.targets)}"
+        return f"compute capability {self.targets[0]}" + (f" ({self.gpu_name})" if self.gpu_name else "")
+
+    def rebuild_here(self) -> str:
+        """The rebuild command without what pins the engine elsewhere (--rtx, --compute-capability):
+        run on the target machine, it builds for the TensorRT and the GPU there."""
+        words = shlex.split(self.rebuild_command or "rexport trt MODEL.onnx")
+        out = []
+        skip = False
+        for word in words:
+            if skip or word == "--rtx":
+                skip = False
+                continue
+            skip = word == "--compute-capability"
+            if not skip:
+                out.append(word)
+        return shlex.join(out)
+
     def check_compatible(self, engine: str | os.PathLike, trt_version: str | TrtVersion,
                          compute_capability: tuple[int, int], gpu_name: str = "") -> None:
-        """Raise CompatibilityError, in one sentence, if this machine cannot load the engine."""
+        """Raise CompatibilityError, in one sentence, if this machine (a TensorRT of the engine's
+        flavour at `trt_version`, this GPU) cannot load the engine."""
         built = TrtVersion.parse(self.tensorrt_version)
         here = trt_version if isinstance(trt_version, TrtVersion) else TrtVersion.parse(trt_version)
-        built_cc, here_cc = parse_compute_capability(self.compute_capability), tuple(compute_capability)
+        here_cc = format_compute_capability(tuple(compute_capability))
         if self.version_compatible:  # a version-compatible plan also runs on later TensorRT releases
             version_ok = here.plan_key >= built.plan_key
         else:
             version_ok = here.plan_key == built.plan_key
         if self.hardware_compatibility == "ampere_plus":
-            gpu_ok = here_cc >= (8, 0)
+            gpu_ok = tuple(compute_capability) >= (8, 0)
         else:
-            gpu_ok = here_cc == built_cc
+            gpu_ok = here_cc in self.targets
         if version_ok and gpu_ok:
             return
         same_short = built.short == here.short
+        title = FLAVOURS[self.flavour].title
         built_v, here_v = (str(built), str(here)) if same_short else (built.short, here.short)
-        here_cc_text = f"{here_cc[0]}.{here_cc[1]}"
-        article = "an" if here_cc_text.startswith(("8", "11", "18")) else "a"
-        gpu = f"{article} {here_cc_text} GPU" + (f" ({gpu_name})" if gpu_name else "")
-        command = self.rebuild_command or "rexport trt MODEL.onnx"
+        article = "an" if here_cc.startswith(("8", "11", "18")) else "a"
+        gpu = f"{article} {here_cc} GPU" + (f" ({gpu_name})" if gpu_name else "")
+        command = self.rebuild_here() if version_ok else (self.rebuild_command or "rexport trt MODEL.onnx")
         raise CompatibilityError(
-            f"{Path(engine).name} was built with TensorRT {built_v} for compute capability "
-            f"{self.compute_capability}" + (f" ({self.gpu_name})" if self.gpu_name else "")
-            + f"; this machine has TensorRT {here_v} and {gpu}: rebuild with `{command}` here")
+            f"{Path(engine).name} was built with {title} {built_v} for {self.describe_target()}; this machine "
+            f"has {title} {here_v} and {gpu}: rebuild with `{command}` here")
 
     # -- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "rexport_version": self.rexport_version,
+        return {"format": FORMAT, "rexport_version": self.rexport_version, "flavour": self.flavour,
                 "tensorrt_version": self.tensorrt_version, "gpu_name": self.gpu_name,
-                "compute_capability": self.compute_capability, "precision": self.precision,
+                "compute_capability": self.compute_capability, "targets": list(self.targets),
+                "built_without_gpu": self.built_without_gpu, "precision": self.precision,
                 "profile": self.profile, "source_onnx": self.source_onnx, "built_from": self.built_from,
                 "build_options": self.build_options, "rebuild_command": self.rebuild_command,
                 "model": self.model.to_dict() if self.model else None}
 
     @classmethod
     def from_dict(cls, d: dict) -> "EngineSidecar":
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
+        if not isinstance(d, dict) or d.get("format") not in READABLE:
             raise InputError(f"not a rexport engine sidecar (format {d.get('format') if isinstance(d, dict) else None!r},"
                              f" expected {FORMAT!r}); rebuild the engine with `rexport trt`")
         try:
@@ -112,7 +151,8 @@ class EngineSidecar:
                        build_options=dict(d.get("build_options") or {}),
                        model=ModelInfo.from_dict(d["model"]) if d.get("model") else None,
                        rebuild_command=str(d.get("rebuild_command", "")),
-                       rexport_version=str(d.get("rexport_version", "unknown")))
+                       rexport_version=str(d.get("rexport_version", "unknown")),
+                       flavour=str(d.get("flavour", "tensorrt")), targets=tuple(str(t) for t in d.get("targets", ())))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise InputError(f"engine sidecar is incomplete or invalid ({type(e).__name__}: {e}); "
                              "rebuild the engine with `rexport trt`") from None

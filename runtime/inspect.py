@@ -82,8 +82,9 @@ def inspect_model(path: str | os.PathLike) -> InspectReport:
             raise InputError(f"{path} has no sidecar {sidecar_path(path).name}; it was not built by `rexport trt`")
         sidecar = EngineSidecar.read(sidecar_path(path))
         report = InspectReport(path, "engine", sidecar.model, details={"sidecar": sidecar.to_dict()})
-        report.lines.append(f"TensorRT {sidecar.tensorrt_version} for {sidecar.gpu_name} "
-                            f"(compute {sidecar.compute_capability}), {sidecar.precision}")
+        built = "built without a GPU" if sidecar.built_without_gpu else f"built on {sidecar.gpu_name}"
+        report.lines.append(f"{sidecar.product} ({sidecar.tensorrt_version}), {built}, runs on "
+                            f"{sidecar.describe_target()}, {sidecar.precision}")
         report.lines.append("profile: " + json.dumps(sidecar.profile))
         return report
     raise InputError(f"cannot inspect {path}: expected a bundle, a .onnx or a .engine file")

@@ -1,8 +1,12 @@
-"""Native TensorRT backend: a serialized engine + its sidecar, run through cuda-python.
+"""Native TensorRT backend: a serialized engine + its sidecar, run through cuda-python, with
+TensorRT or TensorRT for RTX (the flavour the sidecar names).
 
-    sidecar check (TensorRT version, GPU compute capability)      <- before deserializing
+    sidecar check (flavour, version, GPU compute capability)       <- before reading the plan
+    -> the plan header's own validity check, where the flavour has one (RTX)
     -> trt.Runtime.deserialize_cuda_engine
-    -> one execution context, one stream, device buffers sized for the profile's max batch
+    -> one execution context (RTX: with the runtime cache beside the engine, so the kernels it
+       compiles on first use are compiled once per machine), one stream, device buffers sized
+       for the profile's max batch
     -> per call: set_input_shape -> copy in -> execute_async_v3 -> copy out -> synchronize
 
 I/O is by tensor name (TensorRT 10 removed binding indices). Batches must lie within the
@@ -19,27 +23,55 @@ from pathlib import Path
 
 import numpy as np
 
-from rexport.errors import CompatibilityError, InputError, RexportError
+from rexport.console import log
+from rexport.errors import CompatibilityError, InputError, MissingDependency, RexportError
+from rexport.files import atomic_output
 from rexport.runtime import cuda
 from rexport.runtime.backends.base import Backend
 from rexport.runtime.engine_sidecar import EngineSidecar
-from rexport.runtime.trt_compat import load_tensorrt
+from rexport.runtime.trt_compat import FLAVOURS, TensorRT, installed_flavours, load_tensorrt, product_name
+
+
+def runtime_cache_path(engine: str | os.PathLike) -> Path:
+    """Where TensorRT for RTX keeps the kernels it compiled for `engine` on this machine."""
+    return Path(f"{os.fspath(engine)}.runtime-cache")
+
+
+def load_flavour(engine: Path, sidecar: EngineSidecar) -> TensorRT:
+    """The TensorRT the engine was built with, or one sentence saying it is not here."""
+    try:
+        return load_tensorrt("run TensorRT engines", sidecar.flavour)
+    except MissingDependency as missing:
+        others = [f for f in installed_flavours() if f != sidecar.flavour]
+        if not others:
+            raise
+        wanted = FLAVOURS[sidecar.flavour]
+        here = product_name(others[0], load_tensorrt(flavour=others[0]).version)
+        raise CompatibilityError(
+            f"{engine.name} was built with {sidecar.product} for {sidecar.describe_target()}, but this machine has "
+            f"{here} and not {wanted.title}: {wanted.install_hint.removeprefix('run: ')}, or rebuild it here with "
+            f"`{sidecar.rebuild_here()}`") from missing
 
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, engine: str | os.PathLike, *, sidecar: EngineSidecar | None = None, device: int = 0):
+    def __init__(self, engine: str | os.PathLike, *, sidecar: EngineSidecar | None = None, device: int = 0,
+                 runtime_cache: bool | str | os.PathLike = True):
+        """runtime_cache (TensorRT for RTX): True keeps it beside the engine (ENGINE.runtime-cache),
+        a path keeps it there, False compiles the kernels again in every process."""
         self._lock = threading.Lock()
         self._closed = True  # until everything below exists; close() is safe either way
         self._buffers: dict[str, cuda.DeviceBuffer] = {}
         self._stream: cuda.Stream | None = None
-        self._context = self._engine = self._runtime = None
+        self._context = self._engine = self._runtime = self._runtime_cache = None
+        self._cache_saved_at = -1
+        self.runs = 0
         self.path = Path(engine)
         if not self.path.is_file():
             raise InputError(f"engine {self.path} does not exist")
-        compat = load_tensorrt("run TensorRT engines")
         self.sidecar = sidecar if sidecar is not None else EngineSidecar.for_engine(self.path)
+        compat = load_flavour(self.path, self.sidecar)
         self.gpu = cuda.gpu_info(device)
         if device:
             cuda.check(cuda.cudart().cudaSetDevice(device), "cudaSetDevice")
@@ -53,11 +85,19 @@ class TensorRTBackend(Backend):
         self._runtime = trt.Runtime(self._logger)
         if self.sidecar.version_compatible:
             self._runtime.engine_host_code_allowed = True  # version-compatible plans carry their own code
-        self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        plan = self.path.read_bytes()
+        invalid = compat.engine_invalidity(self._runtime, plan)
+        if invalid is not None:
+            raise CompatibilityError(f"{compat.name} cannot load {self.path.name} on this machine ({invalid}); "
+                                     f"rebuild it with `{self.sidecar.rebuild_command or 'rexport trt MODEL.onnx'}` here")
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
             raise CompatibilityError(f"TensorRT could not load {self.path.name} ({self._logger.explain()}); rebuild "
                                      f"it with `{self.sidecar.rebuild_command or 'rexport trt MODEL.onnx'}` here")
         self._discover_io(trt)
+        self.runtime_cache_path = None
+        if runtime_cache and compat.runtime_cache_supported():
+            self.runtime_cache_path = runtime_cache_path(self.path) if runtime_cache is True else Path(runtime_cache)
         try:
             self._allocate()
         except BaseException:
@@ -89,7 +129,10 @@ class TensorRTBackend(Backend):
 
     def _allocate(self) -> None:
         """One context, one stream, buffers for the largest batch; addresses set once."""
-        self._context = self._engine.create_execution_context()
+        if self.runtime_cache_path is not None:
+            self._context = self._engine.create_execution_context(self._runtime_config())
+        else:
+            self._context = self._engine.create_execution_context()
         if self._context is None:
             raise cuda.CudaError(f"TensorRT could not create an execution context ({self._logger.explain()})")
         self._stream = cuda.Stream()
@@ -102,6 +145,36 @@ class TensorRTBackend(Backend):
             buffer = cuda.DeviceBuffer(int(np.prod(shape)) * self.dtypes[name].itemsize)
             self._buffers[name] = buffer
             self._context.set_tensor_address(name, buffer.ptr)
+
+    def _runtime_config(self):
+        """RTX: an IRuntimeConfig whose runtime cache starts from the file beside the engine."""
+        config = self._engine.create_runtime_config()
+        cache = config.create_runtime_cache()
+        path = self.runtime_cache_path
+        if path.is_file():
+            if cache.deserialize(path.read_bytes()):
+                log.info("using the runtime cache %s (kernels compiled earlier on this machine)", path)
+            else:
+                log.warning("warning: %s is not a runtime cache this TensorRT for RTX can use; it will be replaced",
+                            path)
+        config.set_runtime_cache(cache)
+        self._runtime_cache = cache
+        return config
+
+    def save_runtime_cache(self) -> Path | None:
+        """Write the kernels compiled so far beside the engine (RTX); done after the first run and on close()."""
+        if self._runtime_cache is None or self._cache_saved_at == self.runs:
+            return None
+        try:
+            with atomic_output(self.runtime_cache_path, overwrite=True) as tmp:
+                tmp.write_bytes(bytes(memoryview(self._runtime_cache.serialize())))
+        except (OSError, RexportError) as e:  # a read-only bundle still runs; it compiles again next time
+            log.warning("warning: could not save the runtime cache %s (%s); kernels will be compiled again "
+                        "next time", self.runtime_cache_path, e)
+            self._runtime_cache = None
+            return None
+        self._cache_saved_at = self.runs
+        return self.runtime_cache_path
 
     # -- running -------------------------------------------------------------------------------
     def _check_shape(self, shape: tuple[int, ...]) -> None:
@@ -123,7 +196,7 @@ class TensorRTBackend(Backend):
             self._check_shape(x.shape)
             x = np.ascontiguousarray(x, dtype=self.dtypes[self.input_name])
             context, stream = self._context, self._stream
-            since = len(self._logger.messages)
+            since = self._logger.mark()
             if self.device:
                 cuda.check(cuda.cudart().cudaSetDevice(self.device), "cudaSetDevice")
             if not context.set_input_shape(self.input_name, x.shape):
@@ -137,12 +210,18 @@ class TensorRTBackend(Backend):
             for name, array in outputs.items():
                 self._buffers[name].copy_to(array, stream)
             stream.synchronize()
+            self.runs += 1
+            if self.runs == 1:
+                self.save_runtime_cache()
         return outputs[self.output_name].astype(np.float32, copy=False)
 
     def close(self) -> None:
         """Free the device buffers and the stream; later `run` calls fail with a clear error."""
         with self._lock:
+            if not self._closed:
+                self.save_runtime_cache()
             self._closed = True
+            self._runtime_cache = None
             buffers, self._buffers = self._buffers, {}
             for buffer in buffers.values():
                 buffer.free()

@@ -1,0 +1,206 @@
+"""What `rexport trt` is asked to do: BuildConfig, its flag parsing, and the defaults it implies."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from rexport.errors import InputError
+from rexport.runtime.metadata import BatchRange
+from rexport.runtime.trt_compat import (CALIBRATION_METHODS, FLAVOURS, HARDWARE_COMPATIBILITY,
+                                        format_compute_capability, parse_compute_capability)
+
+Shapes = dict[str, tuple[int, ...]]
+PRECISIONS = ("fp16", "int8")  # what --fp16 / --int8 ask for; None builds the ONNX as it is
+_SIZE_UNITS = {"": 2**20, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
+
+# Top-1 agreement with the FP32 ONNX an engine must reach unless --min-agreement says otherwise.
+DEFAULT_AGREEMENT = {"fp32": 0.99, "fp16": 0.99, "int8": 0.95, "mixed": 0.95}
+
+
+def parse_shapes(text: str | Shapes | None, flag: str = "--min-shapes") -> Shapes | None:
+    """trtexec style: "input:1x3x224x224" or "a:1x3x8x8,b:1x10" -> {"input": (1, 3, 224, 224)}."""
+    if text is None or isinstance(text, dict):
+        return None if text is None else {str(k): tuple(int(d) for d in v) for k, v in text.items()}
+    shapes: Shapes = {}
+    for item in filter(None, (p.strip() for p in str(text).split(","))):
+        name, sep, dims = item.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or min(shape) < 1:
+            raise InputError(f"{flag} takes NAME:DxDxD... (e.g. input:1x3x224x224), not {item!r}")
+        shapes[name.strip("'\"")] = shape
+    if not shapes:
+        raise InputError(f"{flag} is empty; give NAME:DxDxD... (e.g. input:1x3x224x224)")
+    return shapes
+
+
+def parse_bytes(text: str | int | None) -> int | None:
+    """"4096" (MiB, as trtexec), "512M", "2G", "1048576B" -> bytes."""
+    if text is None or isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise InputError(f"size must be a number of MiB or carry a unit (512M, 2G), not {text!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_compute_capabilities(text: str | tuple | list | None) -> tuple[str, ...]:
+    """"8.6,8.9,12.0" (or a sequence) -> ("8.6", "8.9", "12.0"): sorted, without repeats."""
+    if text is None:
+        return ()
+    items = str(text).split(",") if isinstance(text, str) else [str(t) for t in text]
+    ccs = {parse_compute_capability(t) for t in (i.strip() for i in items) if t}
+    if isinstance(text, str) and not ccs:
+        raise InputError("--compute-capability is empty; give e.g. 8.6,8.9,12.0")
+    return tuple(format_compute_capability(cc) for cc in sorted(ccs))
+
+
+def format_shape(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Options of `rexport trt`; the CLI flags map one to one onto these fields."""
+
+    precision: str | None = None  # None: as the ONNX is; "fp16"; "int8"
+    flavour: str | None = None  # "tensorrt", "rtx" (TensorRT for RTX, --rtx); None: whichever is installed
+    compute_capabilities: tuple[str, ...] = ()  # RTX: the GPUs to build for; (): the GPU here, else a default set
+    fp16_flag: bool = False  # 10.x: BuilderFlag.FP16 on the FP32 ONNX instead of an FP16 ONNX
+    legacy_calibrator: bool = False  # 10.x: IInt8 calibrator on the FP32 ONNX instead of Q/DQ
+    weakly_typed: bool = False  # 10.x: FP16/Q-DQ ONNX built weakly typed (with FP16/INT8 flags)
+    calib_data: str | None = None
+    calib_method: str = "entropy"
+    calib_samples: int = 512
+    calib_cache: str | None = None  # TensorRT 10 calibration cache: read if it exists, written after
+    batch: BatchRange | None = None  # default: the model's recorded batch range
+    min_shapes: Shapes | None = None
+    opt_shapes: Shapes | None = None
+    max_shapes: Shapes | None = None
+    workspace: int | None = None  # bytes
+    timing_cache: str | None = None  # loaded if it exists, saved after the build
+    merge_timing_caches: tuple[str, ...] = ()
+    optimization_level: int | None = None  # 0-5; TensorRT's default is 3
+    hardware_compatibility: str = "none"
+    version_compatible: bool = False
+    dla_core: int | None = None
+    gpu_fallback: bool = True
+    validate: bool = True
+    val_data: str | None = None
+    val_samples: int = 64
+    min_agreement: float | None = None  # validation gate; default by precision (DEFAULT_AGREEMENT)
+    max_top1_drop: float | None = None  # validation gate in top-1 points (needs labelled --val-data)
+    reference: str | None = None  # FP32 ONNX to validate against (default: the input, when FP32)
+    seed: int = 0
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise InputError(f"precision must be fp16 or int8 (or left out to build the ONNX as it is), "
+                             f"not {self.precision!r}")
+        if self.flavour is not None and self.flavour not in FLAVOURS:
+            raise InputError(f"flavour must be one of {', '.join(FLAVOURS)} (or left out), not {self.flavour!r}")
+        object.__setattr__(self, "compute_capabilities", parse_compute_capabilities(self.compute_capabilities))
+        if self.fp16_flag and self.precision != "fp16":
+            raise InputError("--fp16-flag goes with --fp16")
+        if self.legacy_calibrator and self.precision != "int8":
+            raise InputError("--legacy-calibrator goes with --int8")
+        if self.legacy_calibrator and self.calib_data is None and self.calib_cache is None:
+            raise InputError("--legacy-calibrator needs --calib-data DIR (or an existing --calib-cache FILE)")
+        if self.calib_method not in ("entropy", "minmax", "percentile", "mse"):
+            raise InputError(f"--calib-method must be entropy, minmax, percentile or mse, not {self.calib_method!r}")
+        if self.legacy_calibrator and self.calib_method not in CALIBRATION_METHODS:
+            raise InputError(f"the legacy calibrator takes --calib-method {' or '.join(CALIBRATION_METHODS)}, "
+                             f"not {self.calib_method!r}")
+        for name in ("calib_samples", "val_samples"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name.replace('_', '-')} must be >= 1, not {getattr(self, name)}")
+        if self.batch is not None:
+            object.__setattr__(self, "batch", BatchRange.parse(self.batch))
+        shapes = [parse_shapes(getattr(self, f"{k}_shapes"), f"--{k}-shapes") for k in ("min", "opt", "max")]
+        for key, value in zip(("min", "opt", "max"), shapes):
+            object.__setattr__(self, f"{key}_shapes", value)
+        if any(s is not None for s in shapes):
+            if any(s is None for s in shapes):
+                raise InputError("give --min-shapes, --opt-shapes and --max-shapes together")
+            if self.batch is not None:
+                raise InputError("give either --batch or --min/opt/max-shapes, not both")
+            if not set(shapes[0]) == set(shapes[1]) == set(shapes[2]):
+                raise InputError("--min-shapes, --opt-shapes and --max-shapes must name the same inputs")
+            for name in shapes[0]:
+                lo, opt, hi = (s[name] for s in shapes)
+                if not len(lo) == len(opt) == len(hi) or any(not a <= b <= c for a, b, c in zip(lo, opt, hi)):
+                    raise InputError(f"shapes of {name} must have the same rank and satisfy min <= opt <= max in "
+                                     f"every dimension, got {format_shape(lo)}, {format_shape(opt)}, "
+                                     f"{format_shape(hi)}")
+        object.__setattr__(self, "workspace", parse_bytes(self.workspace))
+        if self.workspace is not None and self.workspace < 1:
+            raise InputError(f"workspace must be positive, not {self.workspace}")
+        if self.optimization_level is not None and not 0 <= int(self.optimization_level) <= 5:
+            raise InputError(f"--opt-level must be 0 to 5 (TensorRT's default is 3), not {self.optimization_level}")
+        level = str(self.hardware_compatibility).lower().replace("-", "_")
+        if level not in HARDWARE_COMPATIBILITY:
+            raise InputError(f"--hardware-compat must be one of {', '.join(HARDWARE_COMPATIBILITY)}, "
+                             f"not {self.hardware_compatibility!r}")
+        object.__setattr__(self, "hardware_compatibility", level)
+        if self.dla_core is not None and int(self.dla_core) < 0:
+            raise InputError(f"--dla-core must be >= 0, not {self.dla_core}")
+        object.__setattr__(self, "merge_timing_caches", tuple(str(p) for p in self.merge_timing_caches))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["batch"] = str(self.batch) if self.batch else None
+        for key in ("min_shapes", "opt_shapes", "max_shapes"):
+            d[key] = {k: list(v) for k, v in d[key].items()} if d[key] else None
+        d["merge_timing_caches"] = list(self.merge_timing_caches)
+        d["compute_capabilities"] = list(self.compute_capabilities)
+        del d["overwrite"]
+        return d
+
+    def cli_args(self) -> list[str]:
+        """The `rexport trt` flags that rebuild this engine (defaults and --no-validate left out)."""
+        args: list[str] = []
+        if self.precision:
+            args.append(f"--{self.precision}")
+        if self.flavour == "rtx":
+            args.append("--rtx")
+        default = BuildConfig()
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if (f.name in ("precision", "flavour", "overwrite", "validate", "gpu_fallback")
+                    or value == getattr(default, f.name)):
+                continue
+            flag = "--" + _CLI_NAMES.get(f.name, f.name.replace("_", "-"))
+            if isinstance(value, bool):
+                args.append(flag)
+            elif f.name.endswith("_shapes"):
+                args += [flag, ",".join(f"{k}:{format_shape(v)}" for k, v in value.items())]
+            elif f.name == "merge_timing_caches":
+                for path in value:
+                    args += [flag, path]
+            elif f.name == "compute_capabilities":
+                args += [flag, ",".join(value)]
+            elif f.name == "workspace":
+                args += [flag, f"{value // 2**20}" if value % 2**20 == 0 else f"{value}B"]
+            else:
+                args += [flag, str(value)]
+        if not self.gpu_fallback:
+            args.append("--no-gpu-fallback")
+        return args
+
+
+_CLI_NAMES = {"merge_timing_caches": "merge-timing-cache", "optimization_level": "opt-level",
+              "hardware_compatibility": "hardware-compat", "compute_capabilities": "compute-capability"}
+
+
+def default_engine_name(onnx_path: str | os.PathLike, precision: str | None = None) -> str:
+    """model.onnx -> model.engine; with --fp16 -> model.fp16.engine (model.fp16.onnx stays model.fp16.engine)."""
+    stem = Path(onnx_path).stem
+    if precision and not stem.endswith(f".{precision}"):
+        stem += f".{precision}"
+    return f"{stem}.engine"

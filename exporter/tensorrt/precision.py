@@ -1,0 +1,132 @@
+"""How an engine gets its precision: read the ONNX (precision from metadata_props, Q/DQ from the
+graph), plan (build as given, convert to FP16 with rexport.calibration.to_fp16, calibrate a
+trt-target Q/DQ ONNX with rexport.calibration.quantize, or on TensorRT 10.x only BuilderFlag.FP16 /
+a legacy calibrator), and make the ONNX TensorRT will parse."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rexport.console import log
+from rexport.errors import InputError, require
+from rexport.exporter.tensorrt.config import BuildConfig
+from rexport.files import sha256_file
+from rexport.runtime.metadata import ModelInfo
+from rexport.runtime.trt_compat import TensorRT
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass(frozen=True)
+class OnnxSummary:
+    path: Path
+    sha256: str
+    precision: str  # fp32 / fp16 / int8 / mixed
+    has_qdq: bool
+    info: ModelInfo | None
+
+
+def read_onnx(path: str | os.PathLike) -> OnnxSummary:
+    """Precision (metadata_props `precision`, else from the graph), Q/DQ presence and ModelInfo."""
+    onnx = require("onnx", "trt", "read ONNX models for TensorRT")
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises its own DecodeError types
+        raise InputError(f"{path} is not a readable ONNX file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                         ) from None
+    props = {p.key: p.value for p in model.metadata_props}
+    info = ModelInfo.from_props(props) if "num_classes" in props else None
+    has_qdq = any(n.op_type in QDQ_OPS for n in model.graph.node)
+    precision = props.get("precision", "").strip('"') or None
+    if precision is None:
+        fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+        precision = "int8" if has_qdq else "fp16" if fp16 else "fp32"
+    return OnnxSummary(path, sha256_file(path), precision, has_qdq, info)
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    how: str  # "as given", "to_fp16", "quantize", "BuilderFlag.FP16", "legacy calibrator"
+    precision: str  # what the engine computes in
+    typing: str  # "strong", "weak" or "default" (see TensorRT.network_flags)
+    fp16_flag: bool = False
+    int8_flag: bool = False
+
+    def describe(self) -> str:
+        flags = [f for f, on in (("FP16", self.fp16_flag), ("INT8", self.int8_flag)) if on]
+        typing = {"strong": "strongly typed", "weak": "weakly typed", "default": "default typing"}[self.typing]
+        return f"{self.how}, {typing}" + (f", BuilderFlag {'+'.join(flags)}" if flags else "")
+
+
+def plan_precision(source: OnnxSummary, config: BuildConfig, compat: TensorRT) -> PrecisionPlan:
+    """Decide how the engine gets its precision; fails before any long work if this TensorRT can't."""
+    name, src, want = source.path.name, source.precision, config.precision
+    if want == "fp16":
+        if src in ("int8", "mixed"):
+            raise InputError(f"{name} is already {src} (Q/DQ); --fp16 needs an FP32 or FP16 ONNX")
+        how = "as given" if src == "fp16" else "BuilderFlag.FP16" if config.fp16_flag else "to_fp16"
+        if config.fp16_flag and how != "BuilderFlag.FP16":
+            raise InputError(f"--fp16-flag builds an FP32 ONNX with TensorRT's FP16 flag; {name} is already FP16")
+        precision = "fp16"
+    elif want == "int8":
+        if src == "fp16":
+            raise InputError(f"{name} is FP16; calibrate INT8 from the FP32 ONNX instead")
+        how = "as given" if src in ("int8", "mixed") else "legacy calibrator" if config.legacy_calibrator else "quantize"
+        if config.legacy_calibrator and how != "legacy calibrator":
+            raise InputError(f"--legacy-calibrator calibrates an FP32 ONNX; {name} is already {src}")
+        precision = src if how == "as given" else "int8"
+    else:
+        how, precision = "as given", src
+
+    if how == "BuilderFlag.FP16":
+        compat.require_precision_flag("FP16", "leave out --fp16-flag: rexport converts the ONNX to FP16 instead")
+    if how == "legacy calibrator":
+        compat.calibrator_base(config.calib_method)  # raises on TensorRT 11
+    has_qdq = source.has_qdq or how == "quantize"
+    typed_onnx = has_qdq or (precision == "fp16" and how in ("as given", "to_fp16"))
+    if how in ("BuilderFlag.FP16", "legacy calibrator") or config.weakly_typed:
+        typing = "weak"
+    else:
+        typing = "strong" if typed_onnx else "default"
+    plan = PrecisionPlan(how, precision, typing,
+                         fp16_flag=how == "BuilderFlag.FP16" or (typing == "weak" and precision == "fp16"),
+                         int8_flag=how == "legacy calibrator" or (typing == "weak" and has_qdq))
+    compat.network_flags(plan.typing)  # weak typing on 11 fails here, before any conversion
+    return plan
+
+
+def prepare_onnx(source: OnnxSummary, plan: PrecisionPlan, config: BuildConfig, work: Path,
+                 trt_version: str) -> tuple[Path, Any]:
+    """The ONNX TensorRT will parse (made on the fly for to_fp16 / quantize) and quantize's result."""
+    stem = source.path.stem
+    if plan.how == "to_fp16":
+        from rexport.calibration import to_fp16
+
+        inputs = None
+        data = config.calib_data or config.val_data
+        if data is not None and source.info is not None:  # check the FP16 range on real samples
+            from rexport.calibration.data import load_calibration_data
+
+            inputs = load_calibration_data(data, source.info, samples=64, seed=config.seed).inputs
+        log.info("converting %s to FP16...", source.path.name)
+        return Path(to_fp16(source.path, work / f"{stem}.fp16.onnx", inputs=inputs, overwrite=True).path), None
+    if plan.how == "quantize":
+        from rexport.calibration import QuantizeConfig, quantize
+
+        if config.calib_data is None:
+            raise InputError("--int8 needs calibration data to make a Q/DQ ONNX: pass --calib-data DIR "
+                             "(or give an INT8 ONNX made by rexport)")
+        log.info("calibrating %s to INT8 Q/DQ (%s, %d samples)...", source.path.name, config.calib_method,
+                 config.calib_samples)
+        result = quantize(source.path, work / f"{stem}.int8.onnx",
+                          QuantizeConfig(data=config.calib_data, method=config.calib_method, target="trt",
+                                         samples=config.calib_samples, seed=config.seed, overwrite=True,
+                                         trt_version=trt_version))
+        return Path(result.path), result
+    return source.path, None

@@ -10,7 +10,14 @@ touches a GPU. What it does:
   IBuilderConfig.int8_calibrator / set_calibration_profile, ICudaEngine.device_memory_size.
   On both (removed in 10): Builder.build_engine, IExecutionContext.execute / execute_async /
   execute_async_v2, every binding-index API, max_batch_size. Each such touch is also recorded in
-  `removed_touched`, so a test fails even when the caller swallowed the AttributeError;
+  `removed_touched`, so a test fails even when the caller swallowed the AttributeError. What a
+  version does not have yet is simply absent (AttributeError, not recorded): SAME_COMPUTE_CAPABILITY
+  before 10.9, ICudaEngine.device_memory_size_v2 before 10.1;
+- has the real enum values (TensorRT 10's headers; NetworkDefinitionCreationFlag.STRONGLY_TYPED is
+  1 on 10.x and 0 on 11, where EXPLICIT_BATCH is gone), the real parameter names (a caller may pass
+  arguments by keyword), read-only properties where TensorRT's are read-only, and refuses to set
+  attributes TensorRT's classes do not have, like pybind does. tests/doubles/test_double_contract.py
+  holds all of this against the real TensorRT for RTX (`tensorrt_rtx`), which shares the 11 API;
 - checks what the builder asks of it the way TensorRT would refuse it: missing or inconsistent
   optimization profiles, precision flags on a strongly typed network, Q/DQ on a weakly typed
   network without INT8, calibrators without their base initialised, mismatched timing caches,
@@ -27,6 +34,7 @@ touches a GPU. What it does:
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import struct
 import sys
@@ -41,6 +49,14 @@ import numpy as np
 
 from doubles.fake_cuda import FakeCudaRuntime, install_fake_cuda
 
+# BuilderFlag values of TensorRT 10 (NvInfer.h; REJECT_EMPTY_ALGORITHMS = 12 and the flags rexport never
+# touches are left out)
+BUILDER_FLAGS = {"FP16": 0, "INT8": 1, "DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5, "TF32": 6,
+                 "SPARSE_WEIGHTS": 7, "SAFETY_SCOPE": 8, "OBEY_PRECISION_CONSTRAINTS": 9,
+                 "PREFER_PRECISION_CONSTRAINTS": 10, "DIRECT_IO": 11, "VERSION_COMPATIBLE": 13,
+                 "EXCLUDE_LEAN_RUNTIME": 14, "FP8": 15, "BF16": 17, "STRIP_PLAN": 19, "INT4": 22, "FP4": 26}
+REMOVED_IN_11_BUILDER_FLAGS = {"FP16", "BF16", "INT8", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS",
+                               "PREFER_PRECISION_CONSTRAINTS"}
 ENGINE_MAGIC = b"FAKETRT-ENGINE-DOUBLE\0"
 TIMING_MAGIC = b"FAKETRT-TIMING-DOUBLE\0"
 PRECISION_FLAGS = ("FP16", "BF16", "INT8", "FP8", "INT4", "FP4")
@@ -70,15 +86,20 @@ class EnumMember:
 
 
 class FakeEnum:
-    """A pybind11-style enum; members listed in `removed` raise AttributeError and are recorded."""
+    """A pybind11-style enum; members listed in `removed` raise AttributeError and are recorded.
 
-    def __init__(self, fake: "FakeTensorRT", name: str, members: list[str], removed: set[str] = frozenset()):
+    `members`: name -> the value TensorRT gives it (a list numbers them 0, 1, ...)."""
+
+    def __init__(self, fake: "FakeTensorRT", name: str, members: dict[str, int] | list[str],
+                 removed: set[str] = frozenset()):
         object.__setattr__(self, "_fake", fake)
         object.__setattr__(self, "_name", name)
         object.__setattr__(self, "_removed", set(removed))
-        for i, member in enumerate(members):
+        if not isinstance(members, dict):
+            members = {member: i for i, member in enumerate(members)}
+        for member, value in members.items():
             if member not in removed:
-                object.__setattr__(self, member, EnumMember(name, member, i))
+                object.__setattr__(self, member, EnumMember(name, member, value))
 
     def __getattr__(self, item: str):
         if item in self._removed:
@@ -91,12 +112,34 @@ class FakeEnum:
 
 
 class Surface:
-    """Base of the fake objects: attributes in `_removed` raise AttributeError and are recorded."""
+    """Base of the fake objects: attributes in `_removed` raise AttributeError and are recorded, even
+    where the class defines them for older versions; once built, an object refuses new attributes
+    (setting a name TensorRT's class lacks raises AttributeError there too: pybind objects have no
+    __dict__)."""
 
     _removed: frozenset = frozenset()
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def init_then_seal(self, *args, **kw):
+            init(self, *args, **kw)
+            if type(self).__init__ is init_then_seal:  # the most derived __init__ is done
+                object.__setattr__(self, "_sealed", True)
+
+        cls.__init__ = init_then_seal
+
     def __init__(self, fake: "FakeTensorRT"):
         object.__setattr__(self, "_fake", fake)
+
+    def __getattribute__(self, item: str):
+        if not item.startswith("_") and item in type(self)._removed_for(object.__getattribute__(self, "_fake")):
+            raise AttributeError(item)  # Python then calls __getattr__, which records the touch
+        return object.__getattribute__(self, item)
 
     def __getattr__(self, item: str):
         if item in type(self)._removed_for(self._fake):
@@ -106,6 +149,9 @@ class Surface:
     def __setattr__(self, key: str, value) -> None:
         if key in type(self)._removed_for(self._fake):
             self._fake.touch(f"{type(self).__name__}.{key}")
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{key}'")
+        if self.__dict__.get("_sealed") and not key.startswith("_") and key not in self.__dict__ \
+                and not hasattr(type(self), key):
             raise AttributeError(f"'{type(self).__name__}' object has no attribute '{key}'")
         object.__setattr__(self, key, value)
 
@@ -150,26 +196,40 @@ class BuildRecord:
 # -- network, parser ---------------------------------------------------------------------------
 
 
-@dataclass
 class FakeTensor:
-    name: str
-    shape: tuple[int, ...]
-    dtype: EnumMember
+    """ITensor: name and shape can be set, the data type only read (strongly typed on 11)."""
+
+    __slots__ = ("name", "shape", "_dtype")
+
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: EnumMember):
+        self.name, self.shape, self._dtype = name, shape, dtype
+
+    @property
+    def dtype(self) -> EnumMember:
+        return self._dtype
 
 
 class FakeNetwork(Surface):
     def __init__(self, fake: "FakeTensorRT", flags: int):
         super().__init__(fake)
-        self.flags = flags
+        self._flags = flags
         self.inputs: list[FakeTensor] = []
         self.outputs: list[FakeTensor] = []
         self.onnx_bytes: bytes | None = None
         self.has_qdq = False
-        self.num_layers = 0
+        self._num_layers = 0
+
+    @property
+    def flags(self) -> int:
+        return self._flags
+
+    @property
+    def num_layers(self) -> int:
+        return self._num_layers
 
     @property
     def strongly_typed(self) -> bool:
-        return self._fake.major >= 11 or bool(self.flags & (1 << 1))
+        return self._fake.major >= 11 or bool(self._flags & (1 << int(self._fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
 
     @property
     def num_inputs(self) -> int:
@@ -179,16 +239,16 @@ class FakeNetwork(Surface):
     def num_outputs(self) -> int:
         return len(self.outputs)
 
-    def get_input(self, i: int) -> FakeTensor:
-        return self.inputs[i]
+    def get_input(self, index: int) -> FakeTensor:
+        return self.inputs[index]
 
-    def get_output(self, i: int) -> FakeTensor:
-        return self.outputs[i]
+    def get_output(self, index: int) -> FakeTensor:
+        return self.outputs[index]
 
 
 class FakeParserError:
-    def __init__(self, desc: str, node: int, node_name: str, node_operator: str):
-        self._desc, self._node, self._name, self._op = desc, node, node_name, node_operator
+    def __init__(self, desc: str, node: int, node_name: str, node_operator: str, code: EnumMember):
+        self._desc, self._node, self._name, self._op, self._code = desc, node, node_name, node_operator, code
 
     def desc(self) -> str:
         return self._desc
@@ -202,8 +262,8 @@ class FakeParserError:
     def node_operator(self) -> str:
         return self._op
 
-    def code(self) -> int:
-        return 8  # UNSUPPORTED_NODE
+    def code(self) -> EnumMember:
+        return self._code
 
 
 class FakeOnnxParser(Surface):
@@ -216,23 +276,27 @@ class FakeOnnxParser(Surface):
     def num_errors(self) -> int:
         return len(self.errors)
 
-    def get_error(self, i: int) -> FakeParserError:
-        return self.errors[i]
+    def get_error(self, index: int) -> FakeParserError:
+        return self.errors[index]
 
     def clear_errors(self) -> None:
         self.errors.clear()
 
-    def parse_from_file(self, path: str) -> bool:
-        return self.parse(Path(path).read_bytes(), path)
+    def parse_from_file(self, model: str) -> bool:
+        return self.parse(Path(model).read_bytes(), model)
 
-    def parse(self, data: bytes, path: str | None = None) -> bool:
+    def parse(self, model: bytes, path: str | None = None) -> bool:
         import onnx
 
-        model = onnx.load_from_string(bytes(data))
+        data = bytes(model)
+        model = onnx.load_from_string(data)
         for i, node in enumerate(model.graph.node):
-            if node.domain not in ("", "ai.onnx"):  # a custom op: the real parser has no importer for it
-                self.errors.append(FakeParserError(f"No importer registered for op: {node.op_type}. Attempting to "
-                                                   "import as plugin.", i, node.name, node.op_type))
+            if node.domain not in ("", "ai.onnx"):
+                # a custom op: the parser has no importer for it, tries a plugin of that name and finds none
+                # (onnx-tensorrt's FallbackPluginImporter; the text TensorRT for RTX 1.7 gives)
+                self.errors.append(FakeParserError('creator && "Plugin not found, are the plugin name, version, and '
+                                                   'namespace correct?"', i, node.name, node.op_type,
+                                                   self._fake.ErrorCode.INVALID_NODE))
         if self.errors:
             return False
         dtypes = {onnx.TensorProto.FLOAT: self._fake.DataType.FLOAT, onnx.TensorProto.FLOAT16: self._fake.DataType.HALF}
@@ -245,9 +309,9 @@ class FakeOnnxParser(Surface):
 
         self.network.inputs = [tensor(vi) for vi in model.graph.input if vi.name not in inits]
         self.network.outputs = [tensor(vi) for vi in model.graph.output]
-        self.network.onnx_bytes = bytes(data)
+        self.network.onnx_bytes = data
         self.network.has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-        self.network.num_layers = len(model.graph.node)
+        self.network._num_layers = len(model.graph.node)
         return True
 
 
@@ -259,11 +323,11 @@ class FakeProfile(Surface):
         super().__init__(fake)
         self.shapes: dict[str, tuple] = {}
 
-    def set_shape(self, name: str, min, opt, max) -> None:  # noqa: A002 - TensorRT's names
-        self.shapes[name] = tuple(tuple(int(d) for d in s) for s in (min, opt, max))
+    def set_shape(self, input: str, min, opt, max) -> None:  # noqa: A002 - TensorRT's names
+        self.shapes[input] = tuple(tuple(int(d) for d in s) for s in (min, opt, max))
 
-    def get_shape(self, name: str):
-        return [list(s) for s in self.shapes[name]]
+    def get_shape(self, input: str):  # noqa: A002
+        return [list(s) for s in self.shapes.get(input, ())]  # [] for an input without shapes, like TensorRT
 
     def valid(self) -> bool:
         return all(len(lo) == len(opt) == len(hi) and all(a <= b <= c for a, b, c in zip(lo, opt, hi))
@@ -278,10 +342,10 @@ class FakeTimingCache(Surface):
     def serialize(self) -> FakeHostMemory:
         return FakeHostMemory(TIMING_MAGIC + json.dumps({"key": self.key, "entries": self.entries}).encode())
 
-    def combine(self, other: "FakeTimingCache", ignore_mismatch: bool) -> bool:
-        if other.key != self.key and not ignore_mismatch:
+    def combine(self, input_cache: "FakeTimingCache", ignore_mismatch: bool) -> bool:
+        if input_cache.key != self.key and not ignore_mismatch:
             return False
-        self.entries.update(other.entries)
+        self.entries.update(input_cache.entries)
         return True
 
     def reset(self) -> bool:
@@ -296,7 +360,8 @@ class FakeBuilderConfig(Surface):
 
     def __init__(self, fake):
         super().__init__(fake)
-        self.flags: set[str] = set()
+        self.flag_names: set[str] = set()  # the flags the caller set (TF32 is on by default, as in TensorRT)
+        self._tf32 = True
         self.profiles: list[FakeProfile] = []
         self.memory_pools: dict[str, int] = {}
         self.builder_optimization_level = 3
@@ -308,21 +373,45 @@ class FakeBuilderConfig(Surface):
             self.int8_calibrator = None
             self.calibration_profile = None
 
-    def set_flag(self, flag: EnumMember) -> None:
+    @property
+    def flags(self) -> int:
+        """The BuilderFlags as TensorRT's bit mask (1 << value per flag)."""
+        names = self.flag_names | ({"TF32"} if self._tf32 else set())
+        return sum(1 << int(getattr(self._fake.BuilderFlag, n)) for n in names)
+
+    @flags.setter
+    def flags(self, mask: int) -> None:
+        names = {n for n, m in self._fake.BuilderFlag.__members__.items() if int(mask) >> int(m) & 1}
+        self._tf32 = "TF32" in names
+        self.flag_names = names - {"TF32"}
+
+    @staticmethod
+    def _flag(flag) -> str:
         if not isinstance(flag, EnumMember) or flag.owner != "BuilderFlag":
-            raise TypeError(f"set_flag takes a BuilderFlag, not {flag!r}")
-        self.flags.add(flag.name)
+            raise TypeError(f"set_flag(): incompatible function arguments: takes a BuilderFlag, not {flag!r}")
+        return flag.name
+
+    def set_flag(self, flag: EnumMember) -> None:
+        name = self._flag(flag)
+        if name == "TF32":
+            self._tf32 = True
+        else:
+            self.flag_names.add(name)
 
     def get_flag(self, flag: EnumMember) -> bool:
-        return flag.name in self.flags
+        name = self._flag(flag)
+        return self._tf32 if name == "TF32" else name in self.flag_names
 
     def clear_flag(self, flag: EnumMember) -> None:
-        self.flags.discard(flag.name)
+        name = self._flag(flag)
+        if name == "TF32":
+            self._tf32 = False
+        self.flag_names.discard(name)
 
-    def set_memory_pool_limit(self, pool: EnumMember, size: int) -> None:
+    def set_memory_pool_limit(self, pool: EnumMember, pool_size: int) -> None:
         if not isinstance(pool, EnumMember) or pool.owner != "MemoryPoolType":
             raise TypeError(f"set_memory_pool_limit takes a MemoryPoolType, not {pool!r}")
-        self.memory_pools[pool.name] = int(size)
+        self.memory_pools[pool.name] = int(pool_size)
 
     def add_optimization_profile(self, profile: FakeProfile) -> int:
         if not profile.valid():
@@ -334,8 +423,8 @@ class FakeBuilderConfig(Surface):
         self.calibration_profile = profile
         return True
 
-    def create_timing_cache(self, data: bytes):
-        data = bytes(data)
+    def create_timing_cache(self, serialized_timing_cache: bytes):
+        data = bytes(serialized_timing_cache)
         if not data:
             return FakeTimingCache(self._fake, self._fake.cache_key, {})
         if not data.startswith(TIMING_MAGIC):
@@ -359,13 +448,27 @@ class FakeBuilder(Surface):
 
     def __init__(self, fake: "FakeTensorRT", logger):
         super().__init__(fake)
-        self.logger = logger
-        self.num_DLA_cores = fake.num_dla_cores
+        self._logger = logger
 
-    def create_network(self, flags: int = 0) -> FakeNetwork:
-        if flags & 1:  # EXPLICIT_BATCH's bit: ignored on 10, gone on 11
-            self._fake.explicit_batch_used = True
-        return FakeNetwork(self._fake, int(flags))
+    @property
+    def logger(self):
+        return self._logger
+
+    @property
+    def num_DLA_cores(self) -> int:  # noqa: N802 - TensorRT's name
+        return self._fake.num_dla_cores
+
+    def create_network(self, flags: int = 0) -> FakeNetwork | None:
+        fake = self._fake
+        if fake.major < 11 and flags & 1:  # EXPLICIT_BATCH's bit: ignored on 10 (on 11 bit 0 is STRONGLY_TYPED)
+            fake.explicit_batch_used = True
+        known = sum(1 << int(m) for m in fake.NetworkDefinitionCreationFlag.__members__.values())
+        if int(flags) & ~known:  # e.g. 1 << 1 on 11, where STRONGLY_TYPED is 0: TensorRT refuses, returns None
+            self.logger.log(fake.ILogger.Severity.ERROR, "IBuilder::createNetworkV2: Error Code 3: API Usage Error "
+                            "(Parameter check failed, condition: flagSet.toU32() < (1U << "
+                            "EnumMax<NetworkDefinitionCreationFlag>()).)")
+            return None
+        return FakeNetwork(fake, int(flags))
 
     def create_builder_config(self) -> FakeBuilderConfig:
         return FakeBuilderConfig(self._fake)
@@ -381,7 +484,7 @@ class FakeBuilder(Surface):
         fake = self._fake
         level = config.hardware_compatibility_level
         record = BuildRecord(
-            network_flags=network.flags, strongly_typed=network.strongly_typed, builder_flags=set(config.flags),
+            network_flags=network.flags, strongly_typed=network.strongly_typed, builder_flags=set(config.flag_names),
             profiles=[dict(p.shapes) for p in config.profiles], workspace=config.memory_pools.get("WORKSPACE"),
             optimization_level=config.builder_optimization_level,
             hardware_compatibility=level.name if isinstance(level, EnumMember) else repr(level),
@@ -408,11 +511,11 @@ class FakeBuilder(Surface):
                     self._error(f"{tensor.name}: optimization profile shapes {profile} do not match "
                                 f"{tensor.shape}", record)
                     return None
-        precision = sorted(set(config.flags) & set(PRECISION_FLAGS))
+        precision = sorted(config.flag_names & set(PRECISION_FLAGS))
         if network.strongly_typed and precision:
             self._error(f"BuilderFlag {', '.join(precision)} is not allowed on a strongly typed network", record)
             return None
-        if network.has_qdq and not network.strongly_typed and "INT8" not in config.flags:
+        if network.has_qdq and not network.strongly_typed and "INT8" not in config.flag_names:
             self._error("Network has Q/DQ layers but the INT8 builder flag is not set", record)
             return None
         if config.default_device_type.name == "DLA":
@@ -423,7 +526,7 @@ class FakeBuilder(Surface):
         if calibrator is not None and not self._calibrate(network, config, calibrator, record):
             return None
         if config.timing_cache is not None:
-            config.timing_cache.entries[f"build-{len(fake.builds)}"] = ",".join(sorted(config.flags))
+            config.timing_cache.entries[f"build-{len(fake.builds)}"] = ",".join(sorted(config.flag_names))
         return FakeHostMemory(self._serialize(network, config))
 
     def _calibrate(self, network: FakeNetwork, config: FakeBuilderConfig, calibrator, record: BuildRecord) -> bool:
@@ -431,7 +534,7 @@ class FakeBuilder(Surface):
         if not getattr(calibrator, "_base_initialised", False):
             self._error("calibrator base class was not initialised (would crash the real TensorRT)", record)
             return False
-        if "INT8" not in config.flags:
+        if "INT8" not in config.flag_names:
             self.logger.log(self._fake.ILogger.Severity.WARNING, "int8_calibrator set without BuilderFlag.INT8")
             return True
         cache = calibrator.read_calibration_cache()
@@ -474,8 +577,8 @@ class FakeBuilder(Surface):
             "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name,
                         "profile": [list(s) for s in profile.get(t.name, (t.shape,) * 3)]} for t in network.inputs],
             "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name} for t in network.outputs],
-            "flags": sorted(config.flags), "strongly_typed": network.strongly_typed,
-            "version_compatible": "VERSION_COMPATIBLE" in config.flags,
+            "flags": sorted(config.flag_names), "strongly_typed": network.strongly_typed,
+            "version_compatible": "VERSION_COMPATIBLE" in config.flag_names,
             "hardware_compatibility": config.hardware_compatibility_level.name,
         }
         blob = json.dumps(header).encode()
@@ -488,13 +591,17 @@ class FakeBuilder(Surface):
 class FakeRuntime(Surface):
     def __init__(self, fake: "FakeTensorRT", logger):
         super().__init__(fake)
-        self.logger = logger
+        self._logger = logger
         self.engine_host_code_allowed = False
 
-    def deserialize_cuda_engine(self, data: bytes):
+    @property
+    def logger(self):
+        return self._logger
+
+    def deserialize_cuda_engine(self, serialized_engine: bytes):
         fake = self._fake
         fake.deserialize_calls += 1
-        data = bytes(data)
+        data = bytes(serialized_engine)
         error = fake.ILogger.Severity.ERROR
         if not data.startswith(ENGINE_MAGIC):
             self.logger.log(error, "1: [runtime.cpp::parsePlan] Error Code 1: Serialization (Serialization "
@@ -537,9 +644,10 @@ class OnnxRuntimeStandInEngine(Surface):
 
     _removed = frozenset({"num_bindings", "get_binding_index", "get_binding_name", "binding_is_input",
                           "get_binding_shape", "get_binding_dtype", "get_binding_vectorized_dim",
-                          "max_batch_size", "has_implicit_batch_dimension", "get_location"})
+                          "max_batch_size", "get_location"})
+    # deprecated in 10.x (has_implicit_batch_dimension since 10.0, the v1 memory sizes since 10.1), gone in 11
     _removed_in_11 = {"device_memory_size", "create_execution_context_without_device_memory",
-                      "get_device_memory_size_for_profile"}
+                      "get_device_memory_size_for_profile", "has_implicit_batch_dimension"}
 
     def __init__(self, fake: "FakeTensorRT", header: dict, onnx_bytes: bytes):
         super().__init__(fake)
@@ -549,21 +657,27 @@ class OnnxRuntimeStandInEngine(Surface):
         self.tensors.update({t["name"]: dict(t, mode="OUTPUT") for t in header["outputs"]})
         self._session = None
         self._session_lock = threading.Lock()
-        self.num_optimization_profiles = 1
-        if fake.major < 11:
-            object.__setattr__(self, "device_memory_size", 1 << 20)
 
-    def __getattr__(self, item: str):
-        if item == "device_memory_size_v2" and self._fake.version_tuple >= (10, 8, 0):
-            return 1 << 20
-        return super().__getattr__(item)
+    @property
+    def num_optimization_profiles(self) -> int:
+        return 1
+
+    @property
+    def device_memory_size(self) -> int:  # 10.x only (_removed_in_11)
+        return 1 << 20
+
+    @property
+    def device_memory_size_v2(self) -> int:
+        if self._fake.version_tuple < (10, 1, 0):  # added in TensorRT 10.1
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute 'device_memory_size_v2'")
+        return 1 << 20
 
     @property
     def num_io_tensors(self) -> int:
         return len(self.tensors)
 
-    def get_tensor_name(self, i: int) -> str:
-        return list(self.tensors)[i]
+    def get_tensor_name(self, index: int) -> str:
+        return list(self.tensors)[index]
 
     def get_tensor_mode(self, name: str) -> EnumMember:
         return getattr(self._fake.TensorIOMode, self.tensors[name]["mode"])
@@ -593,14 +707,24 @@ class OnnxRuntimeStandInEngine(Surface):
 
 class FakeExecutionContext(Surface):
     _removed = frozenset({"execute", "execute_async", "execute_async_v2", "set_binding_shape", "get_binding_shape",
-                          "all_binding_shapes_specified", "get_strides", "set_shape_input", "get_shape"})
+                          "get_strides", "set_shape_input", "get_shape"})
 
     def __init__(self, fake: "FakeTensorRT", engine: OnnxRuntimeStandInEngine):
         super().__init__(fake)
-        self.engine = engine
+        self._engine = engine
         self.shapes: dict[str, tuple] = {}
         self.addresses: dict[str, int] = {}
         self._busy = False
+
+    @property
+    def engine(self) -> OnnxRuntimeStandInEngine:
+        return self._engine
+
+    @property
+    def all_binding_shapes_specified(self) -> bool:
+        """Every dynamic input has a shape (kept in 10.x and 11 for allInputDimensionsSpecified)."""
+        return all(name in self.shapes for name, t in self._engine.tensors.items()
+                   if t["mode"] == "INPUT" and any(d < 0 for d in t["shape"]))
 
     def set_input_shape(self, name: str, shape) -> bool:
         shape = tuple(int(d) for d in shape)
@@ -618,8 +742,8 @@ class FakeExecutionContext(Surface):
         batch = next(iter(self.shapes.values()), (-1,))[0]
         return tuple(batch if d < 0 and i == 0 else d for i, d in enumerate(t["shape"]))
 
-    def set_tensor_address(self, name: str, ptr: int) -> bool:
-        self.addresses[name] = int(ptr)
+    def set_tensor_address(self, name: str, memory: int) -> bool:
+        self.addresses[name] = int(memory)
         return True
 
     def execute_async_v3(self, stream_handle: int) -> bool:
@@ -685,24 +809,29 @@ class FakeTensorRT(types.ModuleType):
         self._removed_module = {"IInt8Calibrator", "IInt8EntropyCalibrator2", "IInt8EntropyCalibrator",
                                 "IInt8MinMaxCalibrator", "IInt8LegacyCalibrator", "CalibrationAlgoType",
                                 "QuantizationFlag"} if eleven else set()
-        precision = {"FP16", "BF16", "INT8", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS",
-                     "PREFER_PRECISION_CONSTRAINTS", "DIRECT_IO"}
-        self.BuilderFlag = FakeEnum(self, "BuilderFlag", [
-            "FP16", "BF16", "INT8", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS",
-            "DIRECT_IO", "DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE", "TF32", "SPARSE_WEIGHTS",
-            "SAFETY_SCOPE", "STRIP_PLAN", "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"],
-            removed=precision if eleven else set())
-        self.NetworkDefinitionCreationFlag = FakeEnum(self, "NetworkDefinitionCreationFlag",
-                                                      ["EXPLICIT_BATCH", "STRONGLY_TYPED"],
-                                                      removed={"EXPLICIT_BATCH"} if eleven else set())
+        # The values are TensorRT 10's (NvInfer.h, NvInferRuntimeBase.h). Removed on 11: the precision flags
+        # (FP16 ... FP4 and the precision constraints); DIRECT_IO is deprecated but stays (NVIDIA's 10.x -> 11.x
+        # reference, 11.4.1: "deprecated, not removed"; TensorRT for RTX 1.7 has it too).
+        self.BuilderFlag = FakeEnum(self, "BuilderFlag", BUILDER_FLAGS,
+                                    removed=REMOVED_IN_11_BUILDER_FLAGS if eleven else set())
+        # 10.x: EXPLICIT_BATCH = 0 (ignored), STRONGLY_TYPED = 1. 11 dropped EXPLICIT_BATCH and STRONGLY_TYPED is
+        # 0 (deprecated, ignored: always strongly typed), as in TensorRT for RTX 1.7.
+        self.NetworkDefinitionCreationFlag = FakeEnum(
+            self, "NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 0} if eleven else
+            {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}, removed={"EXPLICIT_BATCH"} if eleven else set())
         self.MemoryPoolType = FakeEnum(self, "MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM",
                                                                 "DLA_LOCAL_DRAM", "DLA_GLOBAL_DRAM", "TACTIC_DRAM"])
-        self.HardwareCompatibilityLevel = FakeEnum(self, "HardwareCompatibilityLevel",
-                                                   ["NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"])
+        # kSAME_COMPUTE_CAPABILITY arrived in TensorRT 10.9: before it, the level simply does not exist
+        levels = ["NONE", "AMPERE_PLUS"] + (["SAME_COMPUTE_CAPABILITY"] if self.version_tuple >= (10, 9, 0) else [])
+        self.HardwareCompatibilityLevel = FakeEnum(self, "HardwareCompatibilityLevel", levels)
         self.DeviceType = FakeEnum(self, "DeviceType", ["GPU", "DLA"])
         self.TensorIOMode = FakeEnum(self, "TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
         self.DataType = FakeEnum(self, "DataType", ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8",
                                                     "BF16", "INT64", "INT4"])
+        self.ErrorCode = FakeEnum(self, "ErrorCode", [  # the ONNX parser's (nvonnxparser::ErrorCode)
+            "SUCCESS", "INTERNAL_ERROR", "MEM_ALLOC_FAILED", "MODEL_DESERIALIZE_FAILED", "INVALID_VALUE", "INVALID_GRAPH",
+            "INVALID_NODE", "UNSUPPORTED_GRAPH", "UNSUPPORTED_NODE", "UNSUPPORTED_NODE_ATTR", "UNSUPPORTED_NODE_INPUT",
+            "UNSUPPORTED_NODE_DATATYPE", "UNSUPPORTED_NODE_DYNAMIC", "UNSUPPORTED_NODE_SHAPE", "REFIT_FAILED"])
         self.ILogger = self._logger_class()
         if not eleven:
             base = self._calibrator_base()
@@ -754,9 +883,9 @@ class FakeTensorRT(types.ModuleType):
     def Runtime(self, logger) -> FakeRuntime:  # noqa: N802
         return FakeRuntime(self, logger)
 
-    def nptype(self, dtype: EnumMember):
+    def nptype(self, trt_type: EnumMember):
         return {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "BOOL": np.bool_,
-                "UINT8": np.uint8, "INT64": np.int64}[dtype.name]
+                "UINT8": np.uint8, "INT64": np.int64}[trt_type.name]
 
 
 def install_fake_tensorrt(monkeypatch, version: str = "10.3.0.30", *, compute_capability: tuple[int, int] = (8, 7),
@@ -768,9 +897,12 @@ def install_fake_tensorrt(monkeypatch, version: str = "10.3.0.30", *, compute_ca
     return fake
 
 
-def hide_tensorrt(monkeypatch) -> None:
-    """Make `import tensorrt` fail as if it were not installed."""
+def hide_tensorrt(monkeypatch, rtx: bool = True) -> None:
+    """Make `import tensorrt` fail as if it were not installed, and `import tensorrt_rtx` too unless
+    rtx=False (rexport falls back to TensorRT for RTX, which a development machine may have for real)."""
     monkeypatch.setitem(sys.modules, "tensorrt", None)
+    if rtx:
+        monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
 
 
 SURFACES = {"10.x": "10.3.0.30", "11.x": "11.1.0.8"}

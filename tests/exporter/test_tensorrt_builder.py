@@ -256,6 +256,21 @@ def test_workspace_level_and_compatibility_options_reach_the_builder(tmp_path, t
         assert flag in result.sidecar.rebuild_command
 
 
+def test_same_compute_capability_before_10_9_is_refused_before_building(tmp_path, make_trt, tiny):
+    trt = make_trt(SURFACES["10.x"])  # 10.3: HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY came in 10.9
+    with pytest.raises(CompatibilityError, match="^hardware compatibility level same_compute_capability is not "
+                                                 "available on TensorRT 10.3"):
+        build(tmp_path, tiny(), hardware_compatibility="same_compute_capability")
+    assert trt.builds == [] and files(tmp_path) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("version", ["10.9.0.34", SURFACES["11.x"]])
+def test_same_compute_capability_from_10_9(tmp_path, make_trt, tiny, version):
+    trt = make_trt(version)
+    build(tmp_path, tiny(), hardware_compatibility="same_compute_capability")
+    assert trt.builds[-1].hardware_compatibility == "SAME_COMPUTE_CAPABILITY"
+
+
 def test_size_and_shape_parsing():
     assert parse_bytes("2G") == 2 << 30 and parse_bytes("4096") == 4096 << 20 and parse_bytes("100B") == 100
     assert parse_shapes("input:1x3x224x224,aux:1x10") == {"input": (1, 3, 224, 224), "aux": (1, 10)}
@@ -344,8 +359,8 @@ def test_parser_errors_are_reported_per_node(tmp_path, trt, tiny):
     with pytest.raises(InputError) as err:
         build(tmp_path, tiny("unsupported"))
     message = str(err.value)
-    assert "TensorRT's ONNX parser rejected m.unsupported.onnx: node 2 (FancyActivation 'fancy1'): No importer " \
-           "registered for op: FancyActivation" in message
+    assert "TensorRT's ONNX parser rejected m.unsupported.onnx: node 2 (FancyActivation 'fancy1'): FancyActivation " \
+           "is not an ONNX op TensorRT supports, and no plugin provides it" in message
     assert "\n" not in message
     assert trt.builds == [] and files(tmp_path) == ["m.unsupported.onnx"]
 

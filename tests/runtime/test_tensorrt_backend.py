@@ -130,7 +130,7 @@ def test_outputs_equal_onnxruntime_at_every_batch_in_the_profile(tmp_path, trt, 
         assert backend.input_name == "input" and backend.output_name == "logits"
         assert backend.input_shape == (-1, 3, 8, 8)
         assert backend.info.arch == "tiny"
-        assert backend.device_memory == 1 << 20  # device_memory_size on 10.3, device_memory_size_v2 on 11
+        assert backend.device_memory == 1 << 20  # device_memory_size_v2 (TensorRT 10.1+ and 11)
         for batch in (1, 3, 8, 2):
             x = rng.standard_normal((batch, 3, 8, 8), dtype=np.float32)
             got = backend.run(x)

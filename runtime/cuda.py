@@ -3,10 +3,18 @@
 Every cuda-python call returns `(err, *results)`; `check()` turns a non-success code into a
 `CudaError` naming the call, and unpacks the results. `from cuda.bindings import runtime` is
 the current import; cuda-python before 12.6 only had `from cuda import cudart` (removed in 13).
+
+Without an NVIDIA driver, cuda-bindings 13 returns an error code (cudaGetDeviceCount:
+cudaErrorInsufficientDriver), but cuda-bindings 12.x raises RuntimeError("Failed to dlopen
+libcuda.so.1") from the call itself. `cudart()` hands out the module behind a thin wrapper that
+turns such a RuntimeError into the same CompatibilityError as the error codes that mean "no usable
+GPU here", so every call made through it (gpu_info, cuda_versions, streams, buffers, the backends)
+reports a missing driver the same way.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from dataclasses import dataclass
 from typing import Any
@@ -26,18 +34,46 @@ class CudaError(RexportError):
     """A CUDA runtime call failed."""
 
 
+def no_driver(detail: str) -> CompatibilityError:
+    """The one error for "this machine has no usable NVIDIA GPU or driver"."""
+    return CompatibilityError(f"no usable NVIDIA GPU ({detail}); {NO_GPU_HINT}")
+
+
+class _Runtime:
+    """cuda-python's runtime module, whose functions raise CompatibilityError instead of the
+    RuntimeError cuda-bindings 12.x raises when it cannot load the driver (see the module docstring)."""
+
+    def __init__(self, module: Any):
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._module, name)
+        if not callable(attr) or isinstance(attr, type):  # enums (cudaMemcpyKind, cudaError_t), constants
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except RuntimeError as e:  # "Failed to dlopen libcuda.so.1": no driver behind cuda-python
+                raise no_driver(f"cuda-python cannot use the NVIDIA driver: {name} raised {e}") from e
+
+        return call
+
+
 def cudart() -> Any:
-    """The cuda-python runtime module (imported on every call: cheap, and test doubles can swap it)."""
+    """The cuda-python runtime module (imported on every call: cheap, and test doubles can swap it),
+    behind the wrapper that reports a driver cuda-python cannot load as CompatibilityError."""
     try:
         from cuda.bindings import runtime
 
-        return runtime
+        return _Runtime(runtime)
     except ImportError:
         pass
     try:
         from cuda import cudart as runtime  # cuda-python < 12.6
 
-        return runtime
+        return _Runtime(runtime)
     except ImportError:
         raise MissingDependency(f"cuda-python is needed to run TensorRT engines but is not installed; "
                                 f"{INSTALL_HINT}") from None
@@ -63,7 +99,7 @@ def check(result: Any, what: str) -> Any:
         name, text = _error_text(rt, err)
         detail = f"{name}: {text}" if text else name
         if name in _NO_GPU_ERRORS:
-            raise CompatibilityError(f"no usable NVIDIA GPU ({detail}); {NO_GPU_HINT}")
+            raise no_driver(detail)
         raise CudaError(f"CUDA {what} failed ({detail})")
     if not rest:
         return None
@@ -110,7 +146,7 @@ def cuda_versions() -> dict[str, str]:
     try:
         package = importlib.metadata.version("cuda-python")
     except importlib.metadata.PackageNotFoundError:
-        package = str(getattr(rt, "__version__", "installed"))
+        package = str(getattr(rt._module, "__version__", "installed"))
     out = {"cuda-python": package}
     for label, fn in (("driver", "cudaDriverGetVersion"), ("runtime", "cudaRuntimeGetVersion")):
         try:

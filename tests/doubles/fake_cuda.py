@@ -4,6 +4,11 @@ Host memory stands in for device memory: `cudaMalloc` hands out the address of a
 copies are `ctypes.memmove`. It checks what a caller asks of it (every device range must lie
 inside a live allocation, streams must be alive, frees must match allocations) and records
 what is still allocated, so tests can see leaks. It proves nothing about real GPUs.
+
+`driver` models a machine without a usable NVIDIA driver, the two ways cuda-python reports it:
+"missing" as cuda-bindings 13 does (observed with 13.4: every call that needs the driver returns
+cudaErrorInsufficientDriver, cudaDriverGetVersion returns version 0), "unloadable" as cuda-bindings
+12.6 / 12.8 do (those calls raise RuntimeError("Failed to dlopen libcuda.so.1")).
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
     cudaMemcpyDeviceToDevice = 3
 
 
+DLOPEN_FAILURE = "Failed to dlopen libcuda.so.1"
+DRIVERS = ("present", "missing", "unloadable")
+
+
 class FakeDeviceMemoryError(AssertionError):
     """A device address outside every live allocation: on a real GPU, an illegal memory access."""
 
@@ -63,8 +72,11 @@ class FakeCudaRuntime(types.ModuleType):
     cudaMemcpyKind = cudaMemcpyKind
 
     def __init__(self, gpu_name: str = "FakeGPU (test double)", compute_capability: tuple[int, int] = (8, 7),
-                 device_count: int = 1, total_memory: int = 8 << 30):
+                 device_count: int = 1, total_memory: int = 8 << 30, driver: str = "present"):
         super().__init__("cuda.bindings.runtime")
+        if driver not in DRIVERS:
+            raise ValueError(f"driver must be one of {DRIVERS}, not {driver!r}")
+        self.driver = driver
         self.gpu_name = gpu_name
         self.compute_capability = compute_capability
         self.device_count = device_count
@@ -87,22 +99,39 @@ class FakeCudaRuntime(types.ModuleType):
     def live_bytes(self) -> int:
         return sum(a.nbytes for a in self.allocations.values())
 
+    def _without_driver(self, *results):
+        """None with a driver; else what the call gives without one (or the RuntimeError 12.x raises)."""
+        if self.driver == "unloadable":
+            raise RuntimeError(DLOPEN_FAILURE)
+        if self.driver == "missing":
+            return (cudaError_t.cudaErrorInsufficientDriver, *results)
+        return None
+
     # -- devices ------------------------------------------------------------------------------
     def cudaGetDeviceCount(self):
+        if (failed := self._without_driver(None)) is not None:
+            return failed
         if self.device_count == 0:
             return cudaError_t.cudaErrorNoDevice, 0
         return cudaError_t.cudaSuccess, self.device_count
 
     def cudaGetDeviceProperties(self, device: int):
+        if (failed := self._without_driver(None)) is not None:
+            return failed
         if not 0 <= device < self.device_count:
             return cudaError_t.cudaErrorInvalidDevice, None
         return cudaError_t.cudaSuccess, FakeDeviceProp(self.gpu_name.encode() + b"\0\0", *self.compute_capability,
                                                        self.total_memory)
 
     def cudaSetDevice(self, device: int):
+        if (failed := self._without_driver()) is not None:
+            return failed
         return (cudaError_t.cudaSuccess,) if 0 <= device < self.device_count else (cudaError_t.cudaErrorInvalidDevice,)
 
     def cudaDriverGetVersion(self):
+        if self.driver == "missing":
+            return cudaError_t.cudaSuccess, 0  # what cuda-bindings 13 says without a driver
+        self._without_driver()
         return cudaError_t.cudaSuccess, 12060
 
     def cudaRuntimeGetVersion(self):
@@ -116,6 +145,8 @@ class FakeCudaRuntime(types.ModuleType):
 
     # -- memory -------------------------------------------------------------------------------
     def cudaMalloc(self, size: int):
+        if (failed := self._without_driver(None)) is not None:
+            return failed
         if size <= 0:
             return cudaError_t.cudaErrorInvalidValue, None
         array = np.zeros(int(size), np.uint8)
@@ -124,12 +155,16 @@ class FakeCudaRuntime(types.ModuleType):
         return cudaError_t.cudaSuccess, array.ctypes.data
 
     def cudaFree(self, ptr: int):
+        if (failed := self._without_driver()) is not None:
+            return failed
         with self._lock:
             if self.allocations.pop(int(ptr), None) is None:
                 return (cudaError_t.cudaErrorInvalidDevicePointer,)
         return (cudaError_t.cudaSuccess,)
 
     def _copy(self, dst: int, src: int, count: int, kind) -> tuple:
+        if (failed := self._without_driver()) is not None:
+            return failed
         kind = cudaMemcpyKind(int(kind))
         if kind in (cudaMemcpyKind.cudaMemcpyHostToDevice, cudaMemcpyKind.cudaMemcpyDeviceToDevice):
             self.resolve(int(dst), count)
@@ -149,6 +184,8 @@ class FakeCudaRuntime(types.ModuleType):
 
     # -- streams ------------------------------------------------------------------------------
     def cudaStreamCreate(self):
+        if (failed := self._without_driver(None)) is not None:
+            return failed
         with self._lock:
             self._next_stream += 1
             stream = cudaStream_t(self._next_stream)

@@ -229,7 +229,8 @@ class FakeNetwork(Surface):
 
     @property
     def strongly_typed(self) -> bool:
-        return self._fake.major >= 11 or bool(self._flags & (1 << int(self._fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
+        strongly_typed = 1 << int(self._fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        return self._fake.major >= 11 or bool(self._flags & strongly_typed)
 
     @property
     def num_inputs(self) -> int:
@@ -829,8 +830,8 @@ class FakeTensorRT(types.ModuleType):
         self.DataType = FakeEnum(self, "DataType", ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8",
                                                     "BF16", "INT64", "INT4"])
         self.ErrorCode = FakeEnum(self, "ErrorCode", [  # the ONNX parser's (nvonnxparser::ErrorCode)
-            "SUCCESS", "INTERNAL_ERROR", "MEM_ALLOC_FAILED", "MODEL_DESERIALIZE_FAILED", "INVALID_VALUE", "INVALID_GRAPH",
-            "INVALID_NODE", "UNSUPPORTED_GRAPH", "UNSUPPORTED_NODE", "UNSUPPORTED_NODE_ATTR", "UNSUPPORTED_NODE_INPUT",
+            "SUCCESS", "INTERNAL_ERROR", "MEM_ALLOC_FAILED", "MODEL_DESERIALIZE_FAILED", "INVALID_VALUE",
+            "INVALID_GRAPH", "INVALID_NODE", "UNSUPPORTED_GRAPH", "UNSUPPORTED_NODE", "UNSUPPORTED_NODE_ATTR", "UNSUPPORTED_NODE_INPUT",
             "UNSUPPORTED_NODE_DATATYPE", "UNSUPPORTED_NODE_DYNAMIC", "UNSUPPORTED_NODE_SHAPE", "REFIT_FAILED"])
         self.ILogger = self._logger_class()
         if not eleven:

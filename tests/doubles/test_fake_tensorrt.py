@@ -107,8 +107,8 @@ def test_a_method_the_class_defines_for_10_x_is_gone_on_11():
 
 def test_network_creation_flags_by_version():
     ten, eleven = FakeTensorRT(SURFACES["10.x"]), FakeTensorRT(SURFACES["11.x"])
-    assert (int(ten.NetworkDefinitionCreationFlag.EXPLICIT_BATCH), int(ten.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) \
-        == (0, 1)
+    flags = ten.NetworkDefinitionCreationFlag
+    assert (int(flags.EXPLICIT_BATCH), int(flags.STRONGLY_TYPED)) == (0, 1)
     assert int(eleven.NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 0
     builder = ten.Builder(Logger(ten).logger)
     assert builder.create_network(1 << 1).strongly_typed and not builder.create_network(0).strongly_typed

@@ -31,6 +31,18 @@ def deterministic_state_dict(shapes: dict[str, tuple[int, ...]]):
     return {k: torch.from_numpy(deterministic_tensor(k, tuple(s))) for k, s in shapes.items()}
 
 
+def env_without(directory, *modules: str) -> dict:
+    """An environment in which a subprocess cannot import `modules` (as if not installed)."""
+    import os
+    from pathlib import Path
+
+    folder = Path(directory) / "hidden-modules"
+    folder.mkdir(exist_ok=True)
+    for name in modules:
+        (folder / f"{name}.py").write_text(f"raise ImportError('{name} is hidden by a test')\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
 class CliResult:
     def __init__(self, proc: subprocess.CompletedProcess):
         self.exit_code = proc.returncode

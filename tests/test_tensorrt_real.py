@@ -1,14 +1,14 @@
-"""Real TensorRT: build, run and compare with ONNX Runtime for FP32, FP16 and INT8 engines.
+"""Real TensorRT on a GPU: build, run and compare with ONNX Runtime for FP32, FP16 and INT8 engines,
+with whichever TensorRT is installed (TensorRT 10/11, or TensorRT for RTX on an RTX GPU).
 
 Uses the embedded demo model (ResNet-20 trained on digits) so INT8 agreement means something.
-Runs only where `tensorrt` imports and an NVIDIA GPU is visible; elsewhere every test is skipped
-with the reason. Unlike tests/exporter/test_tensorrt_builder.py and
-tests/runtime/test_tensorrt_backend.py (a double of the API), these are the proof that engines work.
+Runs only where a TensorRT flavour imports and an NVIDIA GPU it can run on is visible; elsewhere
+every test is skipped with the reason. Unlike tests/exporter/test_tensorrt_builder.py and
+tests/runtime/test_tensorrt_backend.py (a double of the API), and tests/exporter/test_tensorrt_rtx.py
+(real builds, no GPU needed), these are the proof that engines compute the right numbers.
 """
 
 from __future__ import annotations
-
-import importlib.util
 
 import numpy as np
 import pytest
@@ -18,14 +18,14 @@ from rexport.runtime.compare import compare
 
 
 def _why_not() -> str | None:
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed (pip install 'rexport[trt]' on a machine with NVIDIA drivers)"
     try:
         from rexport.runtime.cuda import gpu_info
         from rexport.runtime.trt_compat import load_tensorrt
 
-        load_tensorrt()
-        gpu_info()
+        compat = load_tensorrt()
+        gpu = gpu_info()
+        if compat.rtx and gpu.compute_capability_str not in compat.compute_capabilities():
+            return f"{compat.name} cannot run on this GPU ({gpu.name}, compute capability {gpu.compute_capability_str})"
     except RexportError as e:
         return str(e)
     except Exception as e:  # noqa: BLE001 - a broken install: say what broke
@@ -116,9 +116,31 @@ def test_tensorrt_10_legacy_paths(demo):
 
 
 def test_timing_cache_round_trip(demo):
+    from rexport.runtime.trt_compat import load_tensorrt
+
+    if load_tensorrt().rtx:
+        pytest.skip("TensorRT for RTX has no timing cache (it keeps a runtime cache: see the next test)")
     cache = demo[0] / "timing.cache"
     first = build(demo, "t1.engine", timing_cache=str(cache), validate=False)
     size = cache.stat().st_size
     second = build(demo, "t2.engine", timing_cache=str(cache), validate=False)
     assert first.timing_cache == second.timing_cache == cache and cache.stat().st_size >= size > 0
     assert not any("another TensorRT version" in n or "unreadable" in n for n in second.notes)
+
+
+def test_rtx_runtime_cache_is_written_and_reused(demo):
+    from rexport.runtime.backends.tensorrt import TensorRTBackend, runtime_cache_path
+    from rexport.runtime.trt_compat import load_tensorrt
+
+    if not load_tensorrt().rtx:
+        pytest.skip("the runtime cache is TensorRT for RTX's")
+    result = build(demo, "rtx.engine", validate=False)
+    cache = runtime_cache_path(result.path)
+    x = demo[2].inputs[:8]
+    with TensorRTBackend(result.path) as backend:
+        first = backend.run(x)
+    assert cache.is_file() and cache.stat().st_size > 0
+    with TensorRTBackend(result.path) as backend:
+        np.testing.assert_allclose(backend.run(x), first, rtol=1e-5, atol=1e-5)
+    with TensorRTBackend(result.path, runtime_cache=False) as backend:
+        assert backend.runtime_cache_path is None

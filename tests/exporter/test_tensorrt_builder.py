@@ -14,7 +14,6 @@ The `pipeline` fixture only records those calls (see tests/doubles/spy.py).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from onnx import TensorProto
 from doubles.fake_cuda import FakeCudaRuntime, hide_cuda, install_fake_cuda
 from doubles.fake_tensorrt import SURFACES, FakeTensorRT, hide_tensorrt, plan_onnx
 from doubles.fixtures import assert_clean, make_trt, pipeline, tiny, tiny_data, tiny_models, trt  # noqa: F401
-from helpers import assert_clean_error
+from helpers import assert_clean_error, env_without
 from rexport.calibration.cache import version_int
 from rexport.calibration.data import load_calibration_data
 from rexport.errors import CheckFailed, CompatibilityError, InputError, MissingDependency, RexportError
@@ -367,8 +366,8 @@ def test_parser_errors_are_reported_per_node(tmp_path, trt, tiny):
 
 def test_a_failed_build_is_explained_from_the_logger_and_writes_nothing(tmp_path, trt, tiny):
     trt.fail_build_with = ["[optimizer] Insufficient workspace for layer conv1 (needs 2 GiB, limit 1 MiB)"]
-    with pytest.raises(RexportError, match="TensorRT could not build the engine: .*Insufficient workspace for layer "
-                                           "conv1") as err:
+    with pytest.raises(RexportError, match=f"TensorRT {trt.__version__[:4]} could not build the engine: "
+                                           ".*Insufficient workspace for layer conv1") as err:
         build(tmp_path, tiny(), timing_cache=str(tmp_path / "t.cache"))
     assert "\n" not in str(err.value)
     assert files(tmp_path) == ["m.onnx"]  # no engine, sidecar, timing cache or temporary leftovers
@@ -599,11 +598,16 @@ def test_the_tensorrt_layer_needs_no_torch():
     assert "TensorRT" in proc.stdout and "Traceback" not in proc.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_cli_without_tensorrt_is_one_line_and_writes_nothing(run_cli, tmp_path, tiny):
     onnx = tiny()
-    result = run_cli("trt", onnx, "--fp16")
-    assert_clean_error(result, "tensorrt is needed", "pip install 'rexport[trt]'", "NVIDIA drivers")
+    hidden = tmp_path.parent / f"{tmp_path.name}-env"
+    hidden.mkdir()
+    result = run_cli("trt", onnx, "--fp16", env=env_without(hidden, "tensorrt", "tensorrt_rtx"))
+    assert_clean_error(result, "tensorrt is needed", "pip install 'rexport[trt]'", "NVIDIA drivers",
+                       "or pip install 'rexport[rtx]' for TensorRT for RTX")
+    result = run_cli("trt", onnx, "--fp16", "--rtx", env=env_without(hidden, "tensorrt_rtx"))
+    assert_clean_error(result, "tensorrt_rtx is needed to build TensorRT engines but is not installed; "
+                               "run: pip install 'rexport[rtx]'")
     assert files(tmp_path) == ["m.onnx"]
 
 

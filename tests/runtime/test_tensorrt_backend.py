@@ -10,14 +10,15 @@ are built from rexport's own FP16 and trt-target Q/DQ ONNX files (rexport.calibr
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
+import re
 import threading
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
+from helpers import env_without
 from doubles.fake_cuda import FakeCudaRuntime, hide_cuda, install_fake_cuda
 from doubles.fake_tensorrt import SURFACES, hide_tensorrt
 from doubles.fixtures import make_trt, tiny, tiny_models, trt  # noqa: F401 - fixtures
@@ -25,7 +26,7 @@ from rexport.errors import CompatibilityError, InputError, RexportError
 from rexport.exporter.tensorrt import BuildConfig, build_engine
 from rexport.runtime import cuda
 from rexport.runtime.backends.tensorrt import TensorRTBackend
-from rexport.runtime.engine_sidecar import EngineSidecar, sidecar_path
+from rexport.runtime.engine_sidecar import FORMAT, EngineSidecar, sidecar_path
 from rexport.runtime.trt_compat import inspect_environment
 
 
@@ -92,7 +93,7 @@ def test_missing_or_broken_sidecar(tmp_path, trt, tiny):
     side.unlink()
     with pytest.raises(InputError, match="m.engine has no sidecar m.engine.json.*rexport trt MODEL.onnx"):
         TensorRTBackend(engine)
-    side.write_text(text.replace('"format": "rexport-engine-sidecar/1"', '"format": "other"'))
+    side.write_text(text.replace(f'"format": "{FORMAT}"', '"format": "other"'))
     with pytest.raises(InputError, match="not a rexport engine sidecar"):
         TensorRTBackend(engine)
     side.write_text("{not json")
@@ -241,14 +242,15 @@ def test_doctor_reports_what_is_there(make_trt):
     assert not dla.ok and "DLA is not available on TensorRT 11.1" in dla.detail
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
-def test_doctor_cli_names_what_is_missing(run_cli):
-    result = run_cli("doctor")
+def test_doctor_cli_names_what_is_missing(run_cli, tmp_path):
+    env = env_without(tmp_path, "tensorrt", "tensorrt_rtx")
+    result = run_cli("doctor", env=env)
     assert result.exit_code == 0, result
-    lines = {line.split()[1]: line for line in result.stdout.splitlines()[1:] if line.strip()}
-    assert set(lines) >= {"TensorRT", "cuda-python", "CUDA", "GPU", "onnxruntime", "onnx", "DLA"}
+    lines = {re.split(r"\s{2,}", line)[1]: line for line in result.stdout.splitlines()[1:] if line.strip()}
+    assert set(lines) >= {"TensorRT", "TensorRT for RTX", "cuda-python", "CUDA", "GPU", "onnxruntime", "onnx", "DLA"}
     assert lines["TensorRT"].startswith("--") and "pip install 'rexport[trt]'" in lines["TensorRT"]
+    assert lines["TensorRT for RTX"].startswith("--") and "pip install 'rexport[rtx]'" in lines["TensorRT for RTX"]
     assert lines["onnxruntime"].startswith("ok") and "CPUExecutionProvider" in lines["onnxruntime"]
     assert "unknown: needs TensorRT" in lines["DLA"]
-    as_json = json.loads(run_cli("doctor", "--json").stdout)
+    as_json = json.loads(run_cli("doctor", "--json", env=env).stdout)
     assert as_json["TensorRT"]["ok"] is False

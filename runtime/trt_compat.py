@@ -7,12 +7,14 @@ builder and the runtime never test a version or probe for an attribute themselve
 flavour and version or a `CompatibilityError` with one message shape:
 "X is not available on TensorRT N.M; <what to do instead>" (or "on TensorRT for RTX 1.7").
 
-What differs (docs/TENSORRT.md in the shared project docs has the sources):
+What differs (sources: NVIDIA's TensorRT 10.x and 11.x Python API references and binding sources,
+the "TensorRT 10.x to 11.x" migration guide, and the TensorRT for RTX 1.x documentation on
+engine compatibility, CPU-only ahead-of-time builds and the runtime cache):
 - network flags: EXPLICIT_BATCH is never used (ignored in 10, removed in 11); STRONGLY_TYPED
   is opt-in on 10.x and implicit on 11 and RTX (weakly typed networks do not exist there);
 - precision builder flags (FP16, INT8, ...): 10.x only;
-- implicit-quantization calibrators (IInt8EntropyCalibrator2, IInt8MinMaxCalibrator), the
-  calibration profile and calibration caches: 10.x only;
+- implicit-quantization calibrators (IInt8EntropyCalibrator2, IInt8MinMaxCalibrator) and the
+  calibration profile: 10.x only; calibration caches: TensorRT only (11 writes one for 10.x);
 - DLA: TensorRT <= 10.7, or 11.4.1+ (Jetson AGX Orin); never RTX;
 - hardware compatibility levels (by feature detection; SAME_COMPUTE_CAPABILITY from 10.9),
   version-compatible plans and timing caches: TensorRT only (RTX compiles its kernels on the

@@ -37,7 +37,7 @@ def validate_engine(engine: Path, sidecar: EngineSidecar, reference: Path, inter
     from rexport.runtime.backends.tensorrt import TensorRTBackend
     from rexport.runtime.validate import Gates, validate_backends
 
-    with TensorRTBackend(engine, sidecar=sidecar) as trt_backend:
+    with TensorRTBackend(engine, sidecar=sidecar, runtime_cache=False) as trt_backend:  # engine: a temporary name
         inputs, labels, what = validation_inputs(config, info, trt_backend.profile[1][1:], config.val_samples)
         if len(inputs) < trt_backend.min_batch:
             raise InputError(f"only {len(inputs)} validation samples for an engine whose min batch is "

@@ -1,5 +1,6 @@
-"""Latency by precision: PyTorch eager FP32, ONNX Runtime FP32 / FP16 / INT8 (cpu and trt
-targets) and OpenVINO, one architecture, several batch sizes, all measured in one run.
+"""Latency by precision: PyTorch eager FP32, ONNX Runtime FP32 / FP16 / INT8 (cpu target, cpu
+target with full-range weights, trt target) and OpenVINO, one architecture, several batch sizes,
+all measured in one run.
 
     python benchmarks/precision.py                                  # resnet50 at 224, batch 1 and 8
     python benchmarks/precision.py --arch resnet18 --iterations 20  # a quick run
@@ -40,8 +41,8 @@ DEFAULT_WORK = ROOT / "benchmarks" / ".work"
 CALIB_SAMPLES = 64
 INT8_SPEEDUP_TARGET = 2.5  # INT8 cpu-target vs ONNX Runtime FP32
 OPENVINO_TARGET = 1.10  # INT8 cpu-target latency / OpenVINO INT8 latency
-ORT_ROWS = {"fp32": "ORT FP32", "fp16": "ORT FP16",
-            "int8-cpu": "ORT INT8 cpu-target", "int8-trt": "ORT INT8 trt-target"}
+ORT_ROWS = {"fp32": "ORT FP32", "fp16": "ORT FP16", "int8-cpu": "ORT INT8 cpu-target",
+            "int8-cpu-full": "ORT INT8 cpu, full range", "int8-trt": "ORT INT8 trt-target"}
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -82,10 +83,12 @@ def export_fp32(arch: str, work: Path, model=None, rebuild: bool = False) -> Pat
 def prepare(arch: str, work: Path, model, data: str | None, rebuild: bool) -> dict[str, Path]:
     """FP32, FP16 and INT8 (cpu and trt target) ONNX files of `arch`, cached in `work`."""
     from rexport.calibration import QuantizeConfig, quantize, to_fp16
+    from rexport.calibration.qdq import uses_reduce_range
 
     fp32 = export_fp32(arch, work, model, rebuild)
     paths = {"fp32": fp32, "fp16": work / f"{arch}.fp16.onnx",
-             "int8-cpu": work / f"{arch}.int8-cpu.onnx", "int8-trt": work / f"{arch}.int8-trt.onnx"}
+             "int8-cpu": work / f"{arch}.int8-cpu.onnx", "int8-cpu-full": work / f"{arch}.int8-cpu-full.onnx",
+             "int8-trt": work / f"{arch}.int8-trt.onnx"}
     if data is None:  # seeded random normal samples: enough to calibrate for a speed test
         data = str(work / f"calib-{arch}.npy")
         if rebuild or not Path(data).exists():
@@ -94,13 +97,24 @@ def prepare(arch: str, work: Path, model, data: str | None, rebuild: bool) -> di
     if rebuild or not paths["fp16"].exists():
         print(f"converting to FP16 -> {paths['fp16']} ...", flush=True)
         print(to_fp16(fp32, paths["fp16"], overwrite=True).format(), flush=True)
-    for target in ("cpu", "trt"):
-        out = paths[f"int8-{target}"]
-        if rebuild or not out.exists():
+    for key, target, reduce_range in (("int8-cpu", "cpu", None), ("int8-cpu-full", "cpu", False),
+                                      ("int8-trt", "trt", None)):
+        out = paths[key]
+        if rebuild or not out.exists() or _reduce_range(out) != uses_reduce_range(target, reduce_range):
             print(f"calibrating INT8 ({target} target) on {data} -> {out} ...", flush=True)
-            config = QuantizeConfig(data=data, target=target, samples=CALIB_SAMPLES, overwrite=True)
+            config = QuantizeConfig(data=data, target=target, reduce_range=reduce_range, samples=CALIB_SAMPLES,
+                                    overwrite=True)
             print(quantize(fp32, out, config).format(), flush=True)
     return paths
+
+
+def _reduce_range(path: Path) -> bool:
+    """The weight range a cached INT8 file was made with (files from before reduce_range: False)."""
+    import onnx
+    from rexport.runtime.metadata import ModelInfo
+
+    info = ModelInfo.from_props({p.key: p.value for p in onnx.load(str(path)).metadata_props})
+    return bool((info.calibration or {}).get("reduce_range", False))
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -256,7 +270,7 @@ def main(argv=None) -> None:
     checks = targets(rows)
     print("\n".join(checks))
     ops = {key: ort_optimized_ops(paths[key], args.threads, work / f"{paths[key].stem}.ort-optimized.onnx")
-           for key in ("int8-cpu", "int8-trt")}
+           for key in ("int8-cpu", "int8-cpu-full", "int8-trt")}
     print("\nONNX Runtime's optimized graph (what it runs; saved beside the models):")
     for key, counts in ops.items():
         print(f"  {key}: " + ", ".join(f"{op} {n}" for op, n in counts.most_common()))

@@ -24,7 +24,7 @@ from rexport.calibration.data import CalibrationData, load_calibration_data
 from rexport.calibration.fp16 import read_model
 from rexport.calibration.observers import METHODS, threshold
 from rexport.calibration.qdq import (SAME_SCALE, TARGETS, QParams, activation_qparams, fold_relus, insert_qdq,
-                                     quantizable_nodes)
+                                     quantizable_nodes, uses_reduce_range)
 from rexport.calibration.rules import check_trt_rules
 from rexport.calibration.stats import TensorStats, collect_cached
 from rexport.console import fmt_pct, log
@@ -43,6 +43,9 @@ class QuantizeConfig:
     data: str  # image folder, .npy/.npz, or demo[:train|:test]
     method: str = "entropy"
     target: str = "trt"
+    # cpu target: weights in [-64, 64] so x86 CPUs without VNNI compute exactly (None: yes for cpu,
+    # no for trt); False keeps [-127, 127] for files that only run on x86 CPUs with VNNI
+    reduce_range: bool | None = None
     samples: int = 512
     seed: int = 0
     percentile: float = 99.99
@@ -63,6 +66,7 @@ class QuantizeConfig:
         if self.target not in TARGETS:
             raise InputError(f"--target must be trt (TensorRT: int8 symmetric) or cpu (ONNX Runtime: uint8), "
                              f"not {self.target!r}")
+        uses_reduce_range(self.target, self.reduce_range)  # refuses reduce_range for TensorRT
         if not 0 < self.percentile <= 100:
             raise InputError(f"--percentile must be in (0, 100], not {self.percentile}")
         if self.samples < 1 or self.batch_size < 1:
@@ -87,6 +91,7 @@ class QuantizeResult:
     def to_dict(self) -> dict:
         return {"output": str(self.path), "calibration_cache": str(self.cache_path) if self.cache_path else None,
                 "method": self.config.method, "target": self.config.target,
+                "reduce_range": uses_reduce_range(self.config.target, self.config.reduce_range),
                 "calibration_data": self.calibration.describe(), "validation_data": self.validation.describe(),
                 "score": self.score.to_dict(), "census": self.census.to_dict(), "budget": self.budget.to_dict(),
                 "stats_cache_hit": self.stats_cache_hit, "seconds": round(self.seconds, 2), "notes": self.notes}
@@ -94,7 +99,8 @@ class QuantizeResult:
     def format(self) -> str:
         c = self.config
         s = self.score
-        lines = [f"INT8 ({c.target} target, {c.method}) -> {self.path} ({self.path.stat().st_size / 1e6:.1f} MB, "
+        lines = [f"INT8 ({c.target} target, {c.method}{_weights_note(c)}) -> {self.path} "
+                 f"({self.path.stat().st_size / 1e6:.1f} MB, "
                  f"{self.seconds:.1f}s)",
                  f"  calibrated on {self.calibration.describe()}" +
                  (" [cached statistics]" if self.stats_cache_hit else ""),
@@ -109,6 +115,13 @@ class QuantizeResult:
             lines.append(f"  TensorRT 10 calibration cache -> {self.cache_path}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _weights_note(config: QuantizeConfig) -> str:
+    """What the report says about the cpu target's weight range."""
+    if config.target != "cpu":
+        return ""
+    return ", reduce_range" if uses_reduce_range(config.target, config.reduce_range) else ", full-range weights"
 
 
 def activation_params(model, stats: dict[str, TensorStats], method: str, target: str,
@@ -146,6 +159,9 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
     val = calib if config.val_data is None else load_calibration_data(
         config.val_data, info, samples=config.val_samples, seed=config.seed, preprocess=pre)
     notes = []
+    if config.target == "cpu" and not uses_reduce_range(config.target, config.reduce_range):
+        notes.append("weights in [-127, 127] (reduce_range off): x86 CPUs without VNNI saturate int16 sums and "
+                     "lose accuracy on this file; run it only on CPUs with VNNI")
     if config.val_data is None and config.budget.active:
         notes.append("the budget was checked on the calibration data; pass --val-data for held-out data")
 
@@ -161,7 +177,7 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
     requested = frozenset(config.keep_float)
 
     def build(keep: frozenset[str]):
-        return insert_qdq(work, params, config.target, requested | keep)
+        return insert_qdq(work, params, config.target, requested | keep, config.reduce_range)
 
     reference = _logits(model_bytes, val.inputs)
     budget = fit_budget(layers, lambda keep: _logits(build(keep).SerializeToString(), val.inputs), reference,
@@ -182,6 +198,7 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
                      "check the calibration data and preprocessing")
     info = info.replace(precision="int8", calibration={
         "method": config.method, "target": config.target,
+        "reduce_range": uses_reduce_range(config.target, config.reduce_range),
         "percentile": config.percentile if config.method == "percentile" else None,
         "samples": len(calib), "data": calib.source, "data_sha256": calib.sha256,
         "census": counts.to_dict(), "score": final_score.to_dict(),

@@ -9,6 +9,12 @@ target "trt" (what TensorRT's parser requires and fuses best):
     Conv + Add (+ ReLU) into one INT8 kernel; biases stay float.
 target "cpu" (what ONNX Runtime's x86 kernels fuse into QLinearConv / QLinearAdd / ...):
   - uint8 activations (asymmetric), int8 per-channel weights, int32 biases;
+  - weights in [-64, 64] ("reduce_range", the default): x86 CPUs without VNNI (AVX2 only, and
+    AVX-512 without VNNI) multiply with VPMADDUBSW, which adds two uint8 x int8 products into an
+    int16 and saturates: 2 x 255 x 127 = 64770 overflows 32767, 2 x 255 x 64 = 32640 does not.
+    So with this range ONNX Runtime computes every file exactly on every x86 CPU; the same
+    kernels run (VNNI where the CPU has it), only the weights lose one bit. reduce_range=False
+    keeps [-127, 127] for files that will only run on x86 CPUs with VNNI;
   - Q/DQ on every activation a quantized op reads or writes; a ReLU after a Conv or Add is
     removed and folded into the following QuantizeLinear (zero point 0 clamps exactly like ReLU);
   - pooling and reshaping ops reuse their input's scale, so ONNX Runtime runs them in uint8.
@@ -27,6 +33,8 @@ from rexport.errors import InputError
 from rexport.onnx_graph import consumers, initializers, onnx_module, producers, topological_sort
 
 TARGETS = ("trt", "cpu")
+WEIGHT_QMAX = 127  # int8 weights in [-127, 127]
+REDUCED_WEIGHT_QMAX = 64  # reduce_range: 2 * 255 * 64 <= 32767, no int16 saturation without VNNI
 QUANTIZABLE = ("Conv", "Gemm")
 SAME_SCALE = ("MaxPool", "Flatten", "Reshape")  # cpu target: output keeps the input's scale
 CPU_ACTIVATION_OPS = ("Conv", "Gemm", "Add", "GlobalAveragePool", *SAME_SCALE)
@@ -49,6 +57,16 @@ def activation_qparams(lo: float, hi: float, target: str, threshold: float) -> Q
         hi = lo + 1e-8
     scale = (hi - lo) / 255.0
     return QParams(scale, int(np.clip(round(-lo / scale), 0, 255)), "uint8")
+
+
+def uses_reduce_range(target: str, reduce_range: bool | None = None) -> bool:
+    """Whether the target's weights use the reduced range [-64, 64]: by default for the cpu
+    target (exact on x86 CPUs with or without VNNI), never for TensorRT (no int16 saturation)."""
+    if reduce_range is None:
+        return target == "cpu"
+    if reduce_range and target != "cpu":
+        raise InputError("reduce_range is for the cpu target (x86 CPUs without VNNI); TensorRT uses the full int8 range")
+    return bool(reduce_range)
 
 
 def weight_axis(node, weight: np.ndarray) -> int:
@@ -158,14 +176,14 @@ class _Builder:
         self.dequantized[tensor] = f"{tensor}_dequantized"
         return self.dequantized[tensor]
 
-    def weight(self, name: str, w: np.ndarray, axis: int) -> tuple[str, np.ndarray]:
-        """Per-channel symmetric int8, stored quantized; returns (dequantized name, scales)."""
+    def weight(self, name: str, w: np.ndarray, axis: int, qmax: int = WEIGHT_QMAX) -> tuple[str, np.ndarray]:
+        """Per-channel symmetric int8 in [-qmax, qmax], stored quantized; returns (dequantized name, scales)."""
         moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
-        scales = (np.abs(moved).max(axis=1) / 127.0).astype(np.float32)
+        scales = (np.abs(moved).max(axis=1) / qmax).astype(np.float32)
         scales[scales == 0] = 1e-8
         shape = [1] * w.ndim
         shape[axis] = -1
-        q = np.clip(np.round(w / scales.reshape(shape)), -127, 127).astype(np.int8)
+        q = np.clip(np.round(w / scales.reshape(shape)), -qmax, qmax).astype(np.int8)
         self.const(f"{name}_quantized", q)
         self.const(f"{name}_scale", scales)
         self.const(f"{name}_zero_point", np.zeros(len(scales), np.int8))
@@ -186,13 +204,16 @@ class _Builder:
         return f"{name}_dequantized"
 
 
-def insert_qdq(model, qparams: dict[str, QParams], target: str, keep_float: frozenset[str] = frozenset()):
+def insert_qdq(model, qparams: dict[str, QParams], target: str, keep_float: frozenset[str] = frozenset(),
+               reduce_range: bool | None = None):
     """Return a quantized copy of `model` (already relu-folded for cpu: see `fold_relus`).
 
-    `qparams` gives per-tensor activation parameters for every tensor that may be quantized."""
+    `qparams` gives per-tensor activation parameters for every tensor that may be quantized;
+    `reduce_range`: weights in [-64, 64] (None: the target's default, see `uses_reduce_range`)."""
     onnx = onnx_module()
     if target not in TARGETS:
         raise InputError(f"target must be 'trt' (TensorRT) or 'cpu' (ONNX Runtime on CPUs), not {target!r}")
+    qmax = REDUCED_WEIGHT_QMAX if uses_reduce_range(target, reduce_range) else WEIGHT_QMAX
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         raise InputError(f"INT8 with per-channel weights needs ONNX opset 13 or newer; this model has {opset}: "
@@ -216,7 +237,7 @@ def insert_qdq(model, qparams: dict[str, QParams], target: str, keep_float: froz
         if new_x is None:
             continue
         node.input[0] = new_x
-        node.input[1], scales = b.weight(w, weights[w], weight_axis(node, weights[w]))
+        node.input[1], scales = b.weight(w, weights[w], weight_axis(node, weights[w]), qmax)
         if target == "cpu" and len(node.input) > 2 and node.input[2] in weights:
             node.input[2] = b.bias(node.input[2], weights[node.input[2]], qparams[x].scale, scales)
 

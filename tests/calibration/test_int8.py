@@ -30,9 +30,28 @@ def test_each_calibrator_keeps_top1_within_half_a_point(demo_fp32, tmp_path, met
     info = ModelInfo.from_props({p.key: p.value for p in onnx.load(str(result.path)).metadata_props})
     assert info.precision == "int8" and info.calibration["method"] == method
     assert info.calibration["target"] == target and info.calibration["samples"] == 512
+    assert info.calibration["reduce_range"] == (target == "cpu")
     assert info.calibration["data_sha256"] == result.calibration.sha256
     assert info.labels == read_model(demo_fp32)[1].labels  # the description travels on
     assert (result.cache_path is not None) == (target == "trt")
+    if target == "cpu":  # ONNX Runtime's fused integer kernels compute what the Q/DQ graph says
+        fused, reference = _fused_and_qdq_logits(result.path, result.validation.inputs)
+        assert np.abs(fused - reference).max() < 0.5, "integer kernels saturate (int16 sums without VNNI?)"
+        assert (fused.argmax(1) == reference.argmax(1)).mean() >= 0.997
+
+
+def _fused_and_qdq_logits(path, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits from ONNX Runtime as it runs the file (QLinearConv etc.: on this CPU, VPMADDUBSW
+    with int16 sums unless it has VNNI), and from the plain Q/DQ graph in float (no fusion)."""
+    import onnxruntime as ort
+
+    def run(level):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: inputs})[0]
+
+    return run(ort.GraphOptimizationLevel.ORT_ENABLE_ALL), run(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
 
 
 def test_trying_another_method_reuses_the_statistics(demo_fp32, tmp_path, monkeypatch):
@@ -131,5 +150,7 @@ def test_config_validation():
         QuantizeConfig(data="demo", method="kl")
     with pytest.raises(InputError, match="--target"):
         QuantizeConfig(data="demo", target="gpu")
+    with pytest.raises(InputError, match="reduce_range is for the cpu target"):
+        QuantizeConfig(data="demo", target="trt", reduce_range=True)
     with pytest.raises(InputError, match="--min-agreement"):
         Budget(min_agreement=99)

@@ -100,6 +100,37 @@ def test_cpu_target_is_fused_by_onnxruntime(quantized, tmp_path):
     assert "Conv" not in ops and "FusedConv" not in ops  # no convolution left in float
 
 
+def _weights(model) -> list[np.ndarray]:
+    """max |w| per output channel of every quantized Conv/Gemm weight (stored int8)."""
+    inits = initializers(model.graph)
+    out = []
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8:
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            w = np.moveaxis(inits[n.input[0]].astype(np.int32), axis, 0)
+            out.append(np.abs(w.reshape(len(w), -1)).max(axis=1))
+    return out
+
+
+def test_cpu_target_weights_use_the_reduced_range(quantized, exported):
+    """cpu target: every weight in [-64, 64], so a pair of uint8 x int8 products, what VPMADDUBSW
+    adds into an int16 on x86 CPUs without VNNI, cannot saturate; trt target: the full [-127, 127]."""
+    from rexport.calibration.qdq import REDUCED_WEIGHT_QMAX, QParams, insert_qdq
+
+    assert 2 * 255 * REDUCED_WEIGHT_QMAX <= 2 ** 15 - 1 < 2 * 255 * (REDUCED_WEIGHT_QMAX + 1)
+    for target, qmax in (("cpu", 64), ("trt", 127)):
+        weights = _weights(onnx.load(str(quantized("resnet18", target).path)))
+        assert len(weights) == 21  # 20 convs + fc
+        for per_channel in weights:  # each output channel spans the whole range (scale = max |w| / qmax)
+            assert (per_channel == qmax).all(), (target, per_channel.min(), per_channel.max())
+    model = onnx.load(str(exported("resnet20")))  # reduce_range=False: the full range, for CPUs with VNNI
+    params = {t: QParams(0.05, 0, "uint8")
+              for t in [i.name for i in model.graph.input] + [o for n in model.graph.node for o in n.output]}
+    for reduce_range, qmax in ((None, 64), (True, 64), (False, 127)):
+        weights = _weights(insert_qdq(model, params, "cpu", reduce_range=reduce_range))
+        assert len(weights) == 20 and all((w == qmax).all() for w in weights)
+
+
 def test_relu_folding_is_exact(exported, tmp_path):
     """cpu target with zero point 0: Q(x) == Q(relu(x)), so removing the Relu changes nothing."""
     from rexport.calibration.qdq import QParams, fold_relus, insert_qdq

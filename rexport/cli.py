@@ -155,6 +155,9 @@ def calibration_options(f):
         click.option("--percentile", type=float, default=99.99, show_default=True, help="For --method percentile."),
         click.option("--target", type=click.Choice(["trt", "cpu"]), default="trt", show_default=True,
                      help="trt: int8 symmetric for TensorRT; cpu: uint8 activations for ONNX Runtime on CPUs."),
+        click.option("--no-reduce-range", is_flag=True,
+                     help="cpu target: weights in [-127, 127] instead of [-64, 64]; exact only on x86 CPUs with "
+                          "VNNI (without it, ONNX Runtime's int16 sums saturate)."),
         click.option("--samples", type=int, default=512, show_default=True, help="Calibration samples."),
         click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed."),
         click.option("--val-data", help="Held-out data for scores and the budget (default: the calibration data)."),
@@ -167,11 +170,12 @@ def calibration_options(f):
     return f
 
 
-def quantize_config(data, *, method, percentile, target, samples, seed, val_data, max_top1_drop, min_agreement,
-                    keep_float, no_stats_cache, overwrite, preprocess=None, cache=None):
+def quantize_config(data, *, method, percentile, target, no_reduce_range, samples, seed, val_data, max_top1_drop,
+                    min_agreement, keep_float, no_stats_cache, overwrite, preprocess=None, cache=None):
     from rexport.calibration import Budget, QuantizeConfig
 
-    return QuantizeConfig(data=data, method=method, percentile=percentile, target=target, samples=samples,
+    return QuantizeConfig(data=data, method=method, percentile=percentile, target=target,
+                          reduce_range=False if no_reduce_range else None, samples=samples,
                           seed=seed, val_data=val_data, budget=Budget(max_top1_drop, min_agreement),
                           keep_float=tuple(keep_float), use_stats_cache=not no_stats_cache, overwrite=overwrite,
                           preprocess=preprocess, cache=cache)
@@ -211,8 +215,8 @@ def sibling(path: str | Path, tag: str) -> Path:
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, exporter, labels, key_map, shortcut,
              unsafe_pickle, mean, std, resize, channels, interpolation, max_pixel_value, images, atol, rtol,
-             no_parity, fp16, int8, calib_data, method, percentile, target, samples, seed, val_data, max_top1_drop,
-             min_agreement, keep_float, no_stats_cache, bundle_dir, json_path, force) -> None:
+             no_parity, fp16, int8, calib_data, method, percentile, target, no_reduce_range, samples, seed, val_data,
+             max_top1_drop, min_agreement, keep_float, no_stats_cache, bundle_dir, json_path, force) -> None:
     """Export CHECKPOINT to a verified ONNX file (and FP16 / INT8 versions, and a bundle)."""
     if int8 and not calib_data:
         raise InputError("--int8 needs --calib-data (an image folder, .npy/.npz or demo)")
@@ -254,8 +258,8 @@ def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, ex
         from rexport.calibration import quantize
 
         quantized = quantize(output, sibling(output, "int8"), quantize_config(
-            calib_data, method=method, percentile=percentile, target=target, samples=samples, seed=seed,
-            val_data=val_data, max_top1_drop=max_top1_drop, min_agreement=min_agreement, keep_float=keep_float,
+            calib_data, method=method, percentile=percentile, target=target, no_reduce_range=no_reduce_range,
+            samples=samples, seed=seed, val_data=val_data, max_top1_drop=max_top1_drop, min_agreement=min_agreement, keep_float=keep_float,
             no_stats_cache=no_stats_cache, overwrite=force))
         report["int8"] = quantized.to_dict()
         click.echo(quantized.format())
@@ -281,14 +285,16 @@ def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, ex
               help="Also write a bundle of MODEL and the INT8 output with references.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
-def calibrate_cmd(model, data, output, method, percentile, target, samples, seed, val_data, max_top1_drop,
+def calibrate_cmd(model, data, output, method, percentile, target, no_reduce_range, samples, seed, val_data,
+                  max_top1_drop,
                   min_agreement, keep_float, no_stats_cache, cache_path, mean, std, resize, channels, interpolation,
                   max_pixel_value, bundle_dir, json_path, force) -> None:
     """Calibrate MODEL (an FP32 ONNX from `rexport onnx`) to an INT8 Q/DQ ONNX."""
     from rexport.calibration import quantize
 
     config = quantize_config(
-        data, method=method, percentile=percentile, target=target, samples=samples, seed=seed, val_data=val_data,
+        data, method=method, percentile=percentile, target=target, no_reduce_range=no_reduce_range, samples=samples,
+        seed=seed, val_data=val_data,
         max_top1_drop=max_top1_drop, min_agreement=min_agreement, keep_float=keep_float,
         no_stats_cache=no_stats_cache, overwrite=force, cache=cache_path,
         preprocess=preprocess_overrides(mean=mean, std=std, resize=resize, channels=channels,

@@ -38,8 +38,10 @@ class InspectReport:
                     f"  source checkpoint sha256: {i.source_sha256 or '-'}; rexport {i.rexport_version}"]
             if i.calibration:
                 c = i.calibration
+                weights = {True: ", weights in [-64, 64] (reduce_range)",
+                           False: ", weights in [-127, 127] (exact only on CPUs with VNNI)"}.get(c.get("reduce_range"), "")
                 out.append(f"  calibration: {c.get('method')} for {c.get('target')} on {c.get('samples')} samples "
-                           f"from {c.get('data')}")
+                           f"from {c.get('data')}{weights}")
         if self.io:
             out.append("  I/O: " + "; ".join(f"{k} {v}" for k, v in self.io.items()))
         out += [f"  {line}" for line in self.lines]

@@ -23,6 +23,21 @@ def test_calibrate_writes_the_model_cache_and_report(run_cli, tmp_path, demo_fp3
     assert "budget top-1 drop <= 0.5 points: met" in result.stdout
 
 
+def test_no_reduce_range_keeps_full_range_cpu_weights(run_cli, tmp_path, demo_fp32):
+    import onnx
+    from onnx import numpy_helper
+
+    result = run_cli("calibrate", demo_fp32, "--data", "demo:train", "--samples", "64", "--target", "cpu",
+                     "--no-reduce-range", "-o", "full.onnx", "--json", "full.json")
+    assert result.exit_code == 0, result
+    assert "full-range weights" in result.stdout and "run it only on CPUs with VNNI" in result.stdout
+    assert json.loads((tmp_path / "full.json").read_text())["reduce_range"] is False
+    model = onnx.load(str(tmp_path / "full.onnx"))
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == 127
+    assert '"reduce_range": false' in {p.key: p.value for p in model.metadata_props}["calibration"]
+
+
 def test_fp16_and_validate(run_cli, tmp_path, demo_fp32):
     made = run_cli("fp16", demo_fp32, "-o", "h.onnx", "--data", "demo:train", "--samples", "16")
     assert made.exit_code == 0, made

@@ -16,7 +16,7 @@ import os
 import shlex
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,9 @@ def build_engine(source: str | os.PathLike, output: str | os.PathLike | None = N
     output = check_output(output, overwrite=config.overwrite)
     side = check_output(sidecar_path(output), overwrite=config.overwrite)
     compat = load_tensorrt("build TensorRT engines", config.flavour)
+    # the flavour that builds, recorded in the sidecar's options and rebuild command even when it was the
+    # default choice (the only one installed): elsewhere the default can be the other one
+    recorded = replace(config, flavour=compat.flavour.key)
     check_options(compat, config)
     targets = target_gpus(compat, config)
     source = read_onnx(onnx_path)
@@ -223,8 +226,8 @@ def build_engine(source: str | os.PathLike, output: str | os.PathLike | None = N
             profile={n: {"min": list(lo), "opt": list(opt), "max": list(hi)} for n, (lo, opt, hi) in built.profile.items()},
             source_onnx={"path": onnx_path.name, "sha256": source.sha256, "precision": source.precision},
             built_from={"sha256": built_from.sha256, "precision": built_from.precision, "how": plan.describe()},
-            build_options=config.to_dict(), model=info,
-            rebuild_command=shlex.join(["rexport", "trt", onnx_path.name, "-o", output.name, *config.cli_args()]))
+            build_options=recorded.to_dict(), model=info,
+            rebuild_command=shlex.join(["rexport", "trt", onnx_path.name, "-o", output.name, *recorded.cli_args()]))
 
         with atomic_output(output, overwrite=config.overwrite) as engine_tmp, \
                 atomic_output(side, overwrite=config.overwrite) as side_tmp:

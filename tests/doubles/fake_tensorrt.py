@@ -1,4 +1,5 @@
-"""FakeTensorRT: a test double of the documented TensorRT 10.x and 11.x Python API surfaces.
+"""FakeTensorRT: a test double of the documented TensorRT 10.x and 11.x Python API surfaces, and of
+TensorRT for RTX 1.x (`tensorrt_rtx`, flavour="rtx").
 
 It is NOT TensorRT and no proof that engines build or run: no kernels are chosen, nothing
 touches a GPU. What it does:
@@ -28,19 +29,48 @@ touches a GPU. What it does:
   memory at the addresses the caller set, so the backend's buffer, shape and copy logic is
   exercised for real. `tamper_outputs` makes that engine compute wrong results (as a bad plan or
   kernel would), so that validation has something real to catch;
-- `plan_onnx(engine)` returns the ONNX a fake plan was built from: what the builder handed the parser.
+- `plan_onnx(engine)` returns the ONNX a fake plan was built from: what the builder handed the parser;
+  `plan_header(engine)` what else the plan records, `rewrite_plan_header` changes it (a damaged plan).
+
+The TensorRT for RTX surface (FakeTensorRT(flavour="rtx"), installed as `tensorrt_rtx`) is the 11.x
+surface with RTX's BuilderFlag values, plus what tensorrt_rtx 1.7.1.116 has (read from the installed
+module: dir(), pybind __doc__ signatures, enum values; tests/doubles/test_double_contract.py holds it
+there) and behaves the way it was seen to behave on this machine:
+- ComputeCapability (NONE, CURRENT, SM75 ... SM121); IBuilderConfig.num_compute_capabilities,
+  set_compute_capability(compute_capability, index) -> bool (False, and an API usage error logged in
+  1.7's words, for an index outside the count, NONE, or CURRENT other than as the only target),
+  get_compute_capability(index) (NONE outside the count). None set: the plan
+  is for every supported GPU; CURRENT: for the fake GPU, and the build fails (logged error, None)
+  without a usable GPU or on one RTX does not support (Hopper 9.0, Jetson 8.7). The plan records its
+  targets (`plan_header(engine)["targets"]`, and the BuildRecord);
+- Runtime.get_engine_validity(buffer) -> (EngineValidity, EngineInvalidityDiagnostics bits) from the
+  plan header (VERSION_MISMATCH, UNSUPPORTED_CC, MALFORMED_ENGINE); deserialize_cuda_engine refuses a
+  plan of another version or whose targets lack the fake GPU (logged error, None), and any plan
+  without a usable GPU, as 1.7 does;
+- ICudaEngine.create_runtime_config() -> IRuntimeConfig (create_runtime_cache, set_runtime_cache,
+  get_runtime_cache); IRuntimeCache (serialize, deserialize -> False for bytes that are no cache of
+  this release and GPU, reset); create_execution_context(runtime_config) beside (strategy=...), as
+  the real overloaded pybind function. The JIT: a context "compiles" kernels for each plan and input
+  shape on its first execute unless its runtime cache holds them (`kernels_compiled`, `kernels_reused`,
+  `runtime_cache_loads` count, so a test can show that a second process reused the cache);
+- no precision BuilderFlags, no calibrators (as 11); timing-cache calls are no-ops that warn
+  (DeprecationWarning, RTX's words); no DLA cores (DeviceType.DLA and the DLA attributes exist, as in
+  tensorrt_rtx, but num_DLA_cores is 0).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
+import inspect
 import json
 import struct
 import sys
 import threading
 import time
 import types
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +89,36 @@ REMOVED_IN_11_BUILDER_FLAGS = {"FP16", "BF16", "INT8", "FP8", "INT4", "FP4", "OB
                                "PREFER_PRECISION_CONSTRAINTS"}
 ENGINE_MAGIC = b"FAKETRT-ENGINE-DOUBLE\0"
 TIMING_MAGIC = b"FAKETRT-TIMING-DOUBLE\0"
+RUNTIME_CACHE_MAGIC = b"FAKETRT-RUNTIME-CACHE-DOUBLE\0"
 PRECISION_FLAGS = ("FP16", "BF16", "INT8", "FP8", "INT4", "FP4")
+
+# -- TensorRT for RTX 1.7 (tensorrt_rtx 1.7.1.116, read from the installed module) ---------------
+# BuilderFlag: TensorRT 10's flags without REJECT_EMPTY_ALGORITHMS and the precision flags, the later ones
+# numbered one lower (rexport touches none of these values; the contract test holds them to the real module)
+RTX_BUILDER_FLAGS = {"DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5, "TF32": 6,
+                     "SPARSE_WEIGHTS": 7, "SAFETY_SCOPE": 8, "DIRECT_IO": 11, "VERSION_COMPATIBLE": 12,
+                     "EXCLUDE_LEAN_RUNTIME": 13, "STRIP_PLAN": 18}
+COMPUTE_CAPABILITIES = {"NONE": 0, "CURRENT": 1, "SM75": 75, "SM80": 80, "SM86": 86, "SM89": 89, "SM120": 120,
+                        "SM121": 121}
+ENGINE_VALIDITY = {"VALID": 0, "SUBOPTIMAL": 1, "INVALID": 2}
+ENGINE_INVALIDITY_DIAGNOSTICS = {"VERSION_MISMATCH": 1, "UNSUPPORTED_CC": 2, "OLD_CUDA_DRIVER": 4,
+                                 "OLD_CUDA_RUNTIME": 8, "INSUFFICIENT_GPU_MEMORY": 16, "MALFORMED_ENGINE": 32,
+                                 "CUDA_ERROR": 64}
+# what the real module logs or warns, from libtensorrt_rtx.so.1's strings and this machine's runs (no GPU)
+RTX_TIMING_CACHE_WARNING = ("Use Deprecated in TensorRT-RTX 1.2. Timing cache operations are no-ops in TensorRT-RTX. "
+                            "instead.")
+CUDA_ERROR_35 = "cudaError 35: CUDA driver version is insufficient for CUDA runtime version"
+CUDA_ERROR_100 = "cudaError 100: no CUDA-capable device is detected"
+RTX_MALFORMED_HEADER = ("The engine header does not conform to the expected format for TensorRT-RTX. Ensure that the "
+                        "engine was created with the same version of TensorRT-RTX as the current runtime.")
+# ExecutionContextAllocationStrategy (TensorRT 10.0+ and RTX): on every surface
+ALLOCATION_STRATEGIES = {"STATIC": 0, "ON_PROFILE_CHANGE": 1, "USER_MANAGED": 2}
+
+
+def sm_tuple(name: str) -> tuple[int, int]:
+    """"SM89" -> (8, 9), "SM120" -> (12, 0)."""
+    digits = name[2:]
+    return int(digits[:-1]), int(digits[-1])
 
 
 # -- enums that can lose members ---------------------------------------------------------------
@@ -83,6 +142,9 @@ class EnumMember:
 
     def __repr__(self) -> str:
         return f"<{self.owner}.{self.name}: {self.value}>"
+
+    def __str__(self) -> str:  # pybind11: "ComputeCapability.SM89"
+        return f"{self.owner}.{self.name}"
 
 
 class FakeEnum:
@@ -113,11 +175,13 @@ class FakeEnum:
 
 class Surface:
     """Base of the fake objects: attributes in `_removed` raise AttributeError and are recorded, even
-    where the class defines them for older versions; once built, an object refuses new attributes
-    (setting a name TensorRT's class lacks raises AttributeError there too: pybind objects have no
-    __dict__)."""
+    where the class defines them for older versions; attributes in `_rtx_only` exist on the TensorRT
+    for RTX surface only (elsewhere AttributeError, not recorded: they never existed there); once built,
+    an object refuses new attributes (setting a name TensorRT's class lacks raises AttributeError there
+    too: pybind objects have no __dict__)."""
 
     _removed: frozenset = frozenset()
+    _rtx_only: frozenset = frozenset()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -137,8 +201,8 @@ class Surface:
         object.__setattr__(self, "_fake", fake)
 
     def __getattribute__(self, item: str):
-        if not item.startswith("_") and item in type(self)._removed_for(object.__getattribute__(self, "_fake")):
-            raise AttributeError(item)  # Python then calls __getattr__, which records the touch
+        if not item.startswith("_") and item in type(self)._missing_for(object.__getattribute__(self, "_fake")):
+            raise AttributeError(item)  # Python then calls __getattr__, which records a removed one's touch
         return object.__getattribute__(self, item)
 
     def __getattr__(self, item: str):
@@ -147,8 +211,9 @@ class Surface:
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{item}'")
 
     def __setattr__(self, key: str, value) -> None:
-        if key in type(self)._removed_for(self._fake):
-            self._fake.touch(f"{type(self).__name__}.{key}")
+        if key in type(self)._missing_for(self._fake):
+            if key in type(self)._removed_for(self._fake):
+                self._fake.touch(f"{type(self).__name__}.{key}")
             raise AttributeError(f"'{type(self).__name__}' object has no attribute '{key}'")
         if self.__dict__.get("_sealed") and not key.startswith("_") and key not in self.__dict__ \
                 and not hasattr(type(self), key):
@@ -157,10 +222,16 @@ class Surface:
 
     @classmethod
     def _removed_for(cls, fake: "FakeTensorRT") -> set[str]:
+        """What this surface removed (touching it is recorded): 11 and RTX share TensorRT 11's removals."""
         removed = set(cls._removed)
-        if fake.major >= 11:
+        if fake.api11:
             removed |= set(getattr(cls, "_removed_in_11", ()))
         return removed
+
+    @classmethod
+    def _missing_for(cls, fake: "FakeTensorRT") -> set[str]:
+        """Every public name the class defines that this surface lacks: removed, or RTX-only elsewhere."""
+        return cls._removed_for(fake) | (set() if fake.rtx else set(cls._rtx_only))
 
 
 class FakeHostMemory(bytes):
@@ -169,6 +240,53 @@ class FakeHostMemory(bytes):
     @property
     def nbytes(self) -> int:
         return len(self)
+
+
+class NoMatch(Exception):
+    """Raised by an overload variant whose argument types do not fit: the next variant is tried."""
+
+
+def rtx_only(variant):
+    """Mark an overload variant that only the TensorRT for RTX surface has."""
+    variant.rtx_only = True
+    return variant
+
+
+class Overloaded:
+    """A pybind11-style overloaded method: the variants (functions of self, with the real overloads'
+    parameter names and defaults) are tried in order; the first whose signature binds the call and
+    that does not raise NoMatch runs; none: TypeError, as pybind raises. `method.overloads` lists the
+    variants this surface has (the contract test compares each with a real overload)."""
+
+    def __init__(self, *variants):
+        self.variants = variants
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        variants = [v for v in self.variants if obj._fake.rtx or not getattr(v, "rtx_only", False)]
+        name = self.name
+
+        def call(*args, **kwargs):
+            for variant in variants:
+                try:
+                    bound = inspect.signature(variant).bind(obj, *args, **kwargs)
+                except TypeError:
+                    continue
+                try:
+                    return variant(*bound.args, **bound.kwargs)
+                except NoMatch:
+                    continue
+            raise TypeError(f"{name}(): incompatible function arguments. The following argument types are supported: "
+                            + "; ".join(f"{name}{inspect.signature(v)}" for v in variants)
+                            + f"; invoked with {args!r}, {kwargs!r}")
+
+        call.__name__ = name
+        call.overloads = variants
+        return call
 
 
 # -- records -----------------------------------------------------------------------------------
@@ -190,6 +308,8 @@ class BuildRecord:
     calibration_profile: dict | None = None
     calibration_batches: list[np.ndarray] = field(default_factory=list)
     calibration_cache_read: bytes | None = None
+    compute_capabilities: list[str] | None = None  # RTX: the ComputeCapability members asked for, by name
+    targets: list[str] | None = None  # RTX: the compute capabilities the plan runs on ("8.9"), once resolved
     result: str = "built"
 
 
@@ -230,7 +350,7 @@ class FakeNetwork(Surface):
     @property
     def strongly_typed(self) -> bool:
         strongly_typed = 1 << int(self._fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-        return self._fake.major >= 11 or bool(self._flags & strongly_typed)
+        return self._fake.api11 or bool(self._flags & strongly_typed)
 
     @property
     def num_inputs(self) -> int:
@@ -341,15 +461,18 @@ class FakeTimingCache(Surface):
         self.key, self.entries = key, dict(entries)
 
     def serialize(self) -> FakeHostMemory:
+        self._fake.warn_timing_cache()
         return FakeHostMemory(TIMING_MAGIC + json.dumps({"key": self.key, "entries": self.entries}).encode())
 
     def combine(self, input_cache: "FakeTimingCache", ignore_mismatch: bool) -> bool:
+        self._fake.warn_timing_cache()
         if input_cache.key != self.key and not ignore_mismatch:
             return False
         self.entries.update(input_cache.entries)
         return True
 
     def reset(self) -> bool:
+        self._fake.warn_timing_cache()
         self.entries.clear()
         return True
 
@@ -358,9 +481,11 @@ class FakeBuilderConfig(Surface):
     _removed_in_11 = {"int8_calibrator", "set_calibration_profile", "get_calibration_profile",
                       "set_quantization_flag", "get_quantization_flag", "clear_quantization_flag",
                       "quantization_flags"}
+    _rtx_only = frozenset({"num_compute_capabilities", "set_compute_capability", "get_compute_capability"})
 
-    def __init__(self, fake):
+    def __init__(self, fake, logger=None):
         super().__init__(fake)
+        self._logger = logger  # the builder's: TensorRT reports API misuse there
         self.flag_names: set[str] = set()  # the flags the caller set (TF32 is on by default, as in TensorRT)
         self._tf32 = True
         self.profiles: list[FakeProfile] = []
@@ -370,7 +495,8 @@ class FakeBuilderConfig(Surface):
         self.default_device_type = fake.DeviceType.GPU
         self.DLA_core = -1
         self.timing_cache: FakeTimingCache | None = None
-        if fake.major < 11:
+        self._compute_capabilities: list[EnumMember] = []  # RTX: the targets, NONE where unset
+        if not fake.api11:
             self.int8_calibrator = None
             self.calibration_profile = None
 
@@ -434,13 +560,67 @@ class FakeBuilderConfig(Surface):
         return FakeTimingCache(self._fake, payload["key"], payload["entries"])
 
     def set_timing_cache(self, cache: FakeTimingCache, ignore_mismatch: bool) -> bool:
-        if cache.key != self._fake.cache_key and not ignore_mismatch:
+        self._fake.warn_timing_cache()
+        if cache.key != self._fake.cache_key and not ignore_mismatch and not self._fake.rtx:  # RTX: a no-op
             return False
         self.timing_cache = cache
         return True
 
     def get_timing_cache(self) -> FakeTimingCache | None:
+        self._fake.warn_timing_cache()
         return self.timing_cache
+
+    # -- TensorRT for RTX: target compute capabilities ----------------------------------------------
+    def _usage_error(self, api: str, condition: str, line: int) -> None:
+        """An API misuse, logged in TensorRT for RTX 1.7's words (libtensorrt_rtx.so.1, builderConfig.cpp)."""
+        if self._logger is not None:
+            self._logger.log(self._fake.ILogger.Severity.ERROR, f"IBuilderConfig::{api}: Error Code 3: API Usage Error "
+                             f"(Parameter check failed, condition: {condition} In {api} at "
+                             f"/_src/optimizer/api/builderConfig.cpp:{line})")
+
+    @property
+    def num_compute_capabilities(self) -> int:
+        return len(self._compute_capabilities)
+
+    @num_compute_capabilities.setter
+    def num_compute_capabilities(self, count: int) -> None:
+        if int(count) < 0:
+            self._usage_error("setNbComputeCapabilities", "nbComputeCapabilities >= 0. Number of compute "
+                              "capabilities must be non-negative.", 779)
+            raise ValueError("Provided number of compute capabilities is incorrect")
+        none = self._fake.ComputeCapability.NONE
+        self._compute_capabilities = (self._compute_capabilities + [none] * int(count))[:int(count)]  # keeps a prefix
+
+    def set_compute_capability(self, compute_capability: EnumMember, index: int) -> bool:
+        """False, with an API usage error logged, for an index outside 0..num-1, NONE, or CURRENT anywhere
+        but as the only target (checked in that order, as TensorRT for RTX 1.7 does)."""
+        if not isinstance(compute_capability, EnumMember) or compute_capability.owner != "ComputeCapability":
+            raise TypeError("set_compute_capability(): incompatible function arguments: takes a ComputeCapability, "
+                            f"not {compute_capability!r}")
+        index = int(index)
+        if not 0 <= index < len(self._compute_capabilities):
+            self._usage_error("setComputeCapability", "index >= 0 && index < std::ssize(mConfig.computeCapabilities)"
+                              ". Index of compute capability is not in a valid range.", 796)
+            return False
+        if compute_capability.name == "NONE":
+            self._usage_error("setComputeCapability", "computeCapability != ComputeCapability::kNONE. Compute "
+                              "capability cannot be kNONE.", 798)
+            return False
+        if compute_capability.name == "CURRENT" and (index != 0 or len(self._compute_capabilities) != 1):
+            self._usage_error("setComputeCapability", "(index == 0) && (mConfig.computeCapabilities.size() == 1). "
+                              "When set to kCURRENT, the index must be 0 and the number of compute capabilities "
+                              "must be 1.", 802)
+            return False
+        self._compute_capabilities[index] = compute_capability
+        return True
+
+    def get_compute_capability(self, index: int) -> EnumMember:
+        index = int(index)
+        if 0 <= index < len(self._compute_capabilities):
+            return self._compute_capabilities[index]
+        self._usage_error("getComputeCapability", "index >= 0 && index < std::ssize(mConfig.computeCapabilities). "
+                          "Index of compute capability is not in a valid range.", 816)
+        return self._fake.ComputeCapability.NONE  # what TensorRT for RTX 1.7 answers outside the range
 
 
 class FakeBuilder(Surface):
@@ -461,7 +641,7 @@ class FakeBuilder(Surface):
 
     def create_network(self, flags: int = 0) -> FakeNetwork | None:
         fake = self._fake
-        if fake.major < 11 and flags & 1:  # EXPLICIT_BATCH's bit: ignored on 10 (on 11 bit 0 is STRONGLY_TYPED)
+        if not fake.api11 and flags & 1:  # EXPLICIT_BATCH's bit: ignored on 10 (on 11 bit 0 is STRONGLY_TYPED)
             fake.explicit_batch_used = True
         known = sum(1 << int(m) for m in fake.NetworkDefinitionCreationFlag.__members__.values())
         if int(flags) & ~known:  # e.g. 1 << 1 on 11, where STRONGLY_TYPED is 0: TensorRT refuses, returns None
@@ -472,7 +652,7 @@ class FakeBuilder(Surface):
         return FakeNetwork(fake, int(flags))
 
     def create_builder_config(self) -> FakeBuilderConfig:
-        return FakeBuilderConfig(self._fake)
+        return FakeBuilderConfig(self._fake, self._logger)
 
     def create_optimization_profile(self) -> FakeProfile:
         return FakeProfile(self._fake)
@@ -523,12 +703,49 @@ class FakeBuilder(Surface):
             if not 0 <= config.DLA_core < self.num_DLA_cores:
                 self._error(f"DLA core {config.DLA_core} requested but only {self.num_DLA_cores} exist", record)
                 return None
-        calibrator = getattr(config, "int8_calibrator", None) if fake.major < 11 else None
+        calibrator = getattr(config, "int8_calibrator", None) if not fake.api11 else None
         if calibrator is not None and not self._calibrate(network, config, calibrator, record):
             return None
-        if config.timing_cache is not None:
+        targets = None
+        if fake.rtx:
+            targets = self._rtx_targets(config, record)
+            if targets is None:
+                return None
+        elif config.timing_cache is not None:  # RTX: timing caches are no-ops
             config.timing_cache.entries[f"build-{len(fake.builds)}"] = ",".join(sorted(config.flag_names))
-        return FakeHostMemory(self._serialize(network, config))
+        return FakeHostMemory(self._serialize(network, config, targets))
+
+    def _rtx_targets(self, config: FakeBuilderConfig, record: BuildRecord) -> list[tuple[int, int]] | None:
+        """TensorRT for RTX: the compute capabilities the plan is for. None set: every one it supports (it
+        builds "so that the engine runs on every supported GPU"); CURRENT: the GPU here, which must exist
+        and be one it supports; NONE left in the list: the build fails (as 1.7 does, with its words)."""
+        fake = self._fake
+        asked = [m.name for m in config._compute_capabilities]
+        record.compute_capabilities = asked
+        supported = fake.supported_compute_capabilities()
+        if "NONE" in asked:
+            self._error("Unexpected exception bad optional access", record)
+            return None
+        if asked == ["CURRENT"]:
+            problem = fake.cuda_problem()
+            if problem is not None:
+                self._error(f"IBuilder::buildSerializedNetwork: Error Code 1: Cuda Runtime (In generateForCurrent at "
+                            f"/_src/runtime/core/cudaDeviceProfile.cpp:221 ({problem}))", record)
+                return None
+            here = tuple(fake.cuda.compute_capability)
+            if here not in supported:
+                self._error(f"IBuilder::buildSerializedNetwork: Error Code 3: API Usage Error (Compute capability is "
+                            f"invalid or not supported. The current GPU has compute capability {here[0]}.{here[1]}; "
+                            "Supported compute capabilities: "
+                            f"{', '.join(f'{a}.{b}' for a, b in supported)})", record)
+                return None
+            targets = [here]
+        elif asked:
+            targets = [sm_tuple(name) for name in asked]
+        else:
+            targets = list(supported)
+        record.targets = [f"{a}.{b}" for a, b in targets]
+        return targets
 
     def _calibrate(self, network: FakeNetwork, config: FakeBuilderConfig, calibrator, record: BuildRecord) -> bool:
         record.calibrator = calibrator
@@ -570,11 +787,15 @@ class FakeBuilder(Surface):
         calibrator.write_calibration_cache(memoryview(f"{header}\n{tensor.name}: {scale}\n".encode()))
         return True
 
-    def _serialize(self, network: FakeNetwork, config: FakeBuilderConfig) -> bytes:
+    def _serialize(self, network: FakeNetwork, config: FakeBuilderConfig,
+                   targets: list[tuple[int, int]] | None = None) -> bytes:
         fake = self._fake
         profile = config.profiles[0].shapes if config.profiles else {}
         header = {
-            "version": fake.__version__, "compute_capability": list(fake.cuda.compute_capability),
+            "flavour": fake.flavour, "version": fake.__version__,
+            # TensorRT: the build GPU's; TensorRT for RTX: no GPU needed, the plan lists its targets instead
+            "compute_capability": None if fake.rtx else list(fake.cuda.compute_capability),
+            "targets": [list(t) for t in targets] if targets is not None else None,
             "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name,
                         "profile": [list(s) for s in profile.get(t.name, (t.shape,) * 3)]} for t in network.inputs],
             "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name} for t in network.outputs],
@@ -590,6 +811,8 @@ class FakeBuilder(Surface):
 
 
 class FakeRuntime(Surface):
+    _rtx_only = frozenset({"get_engine_validity"})
+
     def __init__(self, fake: "FakeTensorRT", logger):
         super().__init__(fake)
         self._logger = logger
@@ -599,34 +822,110 @@ class FakeRuntime(Surface):
     def logger(self):
         return self._logger
 
+    def get_engine_validity(self, buffer: bytes) -> tuple[EnumMember, int]:
+        """TensorRT for RTX: (EngineValidity, EngineInvalidityDiagnostics bit mask) from the plan's header,
+        without deserializing it. Without a usable GPU, 1.7 logs an internal error and answers INVALID with
+        no diagnostics bit (observed on this machine)."""
+        fake = self._fake
+        fake.validity_checks += 1
+        validity, bits = fake.EngineValidity, fake.EngineInvalidityDiagnostics
+        header = split_plan(bytes(buffer))[0]
+        if header is None or header.get("flavour") != fake.flavour:
+            self.logger.log(fake.ILogger.Severity.INFO, RTX_MALFORMED_HEADER)
+            return validity.INVALID, int(bits.MALFORMED_ENGINE)
+        problem = fake.cuda_problem()
+        if problem is not None:
+            self.logger.log(fake.ILogger.Severity.INTERNAL_ERROR, "Error reading CUDA GPU properties: In getCurrentCC "
+                            f"at /_src/runtime/dispatch/planHeaders.cpp:130 ({problem}) Ensure that the GPU driver is "
+                            "installed and up to date.")
+            return validity.INVALID, 0
+        diagnostics = 0
+        if tuple(int(p) for p in header["version"].split(".")[:3]) != fake.version_tuple[:3]:
+            diagnostics |= int(bits.VERSION_MISMATCH)
+        if list(fake.cuda.compute_capability) not in header["targets"]:
+            diagnostics |= int(bits.UNSUPPORTED_CC)
+        return (validity.INVALID if diagnostics else validity.VALID), diagnostics
+
     def deserialize_cuda_engine(self, serialized_engine: bytes):
         fake = self._fake
         fake.deserialize_calls += 1
         data = bytes(serialized_engine)
         error = fake.ILogger.Severity.ERROR
-        if not data.startswith(ENGINE_MAGIC):
+        header, onnx_bytes = split_plan(data)
+        if header is not None and header.get("flavour", "tensorrt") != fake.flavour and fake.rtx:
+            self.logger.log(error, RTX_MALFORMED_HEADER)
+            return None
+        if header is None or header.get("flavour", "tensorrt") != fake.flavour:  # another format altogether
             self.logger.log(error, "1: [runtime.cpp::parsePlan] Error Code 1: Serialization (Serialization "
                                    "assertion plan->header.magicTag == rt::kPLAN_MAGIC_TAG failed.)")
             return None
-        (size,) = struct.unpack("<I", data[len(ENGINE_MAGIC):len(ENGINE_MAGIC) + 4])
-        start = len(ENGINE_MAGIC) + 4
-        header = json.loads(data[start:start + size])
+        if fake.rtx and (problem := fake.cuda_problem()) is not None:  # TensorRT for RTX 1.7 without a driver
+            self.logger.log(error, "IRuntime::deserializeCudaEngine: Error Code 1: Cuda Runtime (In ScopedCudaStream "
+                                   f"at /_src/common/dispatch/cudaResources.cpp:25 ({problem}))")
+            return None
         built = tuple(int(p) for p in header["version"].split(".")[:3])
         here = fake.version_tuple[:3]
-        vc_ok = header["version_compatible"] and self.engine_host_code_allowed and here >= built
+        vc_ok = header.get("version_compatible") and self.engine_host_code_allowed and here >= built
         if built != here and not vc_ok:
             self.logger.log(error, f"The engine plan file is not compatible with this version of TensorRT, "
                                    f"expecting library version {fake.__version__} got {header['version']}, "
                                    "please rebuild.")
             return None
-        ampere_plus = header["hardware_compatibility"] == "AMPERE_PLUS" and fake.cuda.compute_capability >= (8, 0)
-        if tuple(header["compute_capability"]) != tuple(fake.cuda.compute_capability) and not ampere_plus:
+        gpu = tuple(fake.cuda.compute_capability)
+        if fake.rtx:
+            if list(gpu) not in header["targets"]:
+                targets = ", ".join(f"{a}.{b}" for a, b in header["targets"])
+                here_cc = f"{gpu[0]}.{gpu[1]}"
+                rebuild = (f"Rebuild the engine for compute capability {here_cc} with "
+                           "IBuilderConfig::setComputeCapability, or leave the compute capability unset so that the "
+                           "engine runs on every supported GPU." if gpu in fake.supported_compute_capabilities() else
+                           "TensorRT-RTX does not support this compute capability, so the engine cannot be rebuilt "
+                           "for it.")
+                self.logger.log(error, f"The engine cannot run on this GPU, which has compute capability {here_cc}. "
+                                       f"Supported compute capabilities: {targets}. {rebuild}")
+                return None
+            return OnnxRuntimeStandInEngine(fake, header, onnx_bytes, plan_id=hashlib.sha256(data).hexdigest()[:16])
+        ampere_plus = header["hardware_compatibility"] == "AMPERE_PLUS" and gpu >= (8, 0)
+        if tuple(header["compute_capability"]) != gpu and not ampere_plus:
             cc = header["compute_capability"]
             self.logger.log(error, f"The engine plan file is generated on an incompatible device, expecting compute "
-                                   f"{fake.cuda.compute_capability[0]}.{fake.cuda.compute_capability[1]} got compute "
-                                   f"{cc[0]}.{cc[1]}, please rebuild.")
+                                   f"{gpu[0]}.{gpu[1]} got compute {cc[0]}.{cc[1]}, please rebuild.")
             return None
-        return OnnxRuntimeStandInEngine(fake, header, data[start + size:])
+        return OnnxRuntimeStandInEngine(fake, header, onnx_bytes, plan_id=hashlib.sha256(data).hexdigest()[:16])
+
+
+def split_plan(data: bytes) -> tuple[dict | None, bytes]:
+    """(header, ONNX bytes) of a FakeTensorRT plan; (None, b"") for anything else."""
+    if not data.startswith(ENGINE_MAGIC) or len(data) < len(ENGINE_MAGIC) + 4:
+        return None, b""
+    (size,) = struct.unpack("<I", data[len(ENGINE_MAGIC):len(ENGINE_MAGIC) + 4])
+    start = len(ENGINE_MAGIC) + 4
+    try:
+        header = json.loads(data[start:start + size])
+    except ValueError:
+        return None, b""
+    return (header, data[start + size:]) if isinstance(header, dict) else (None, b"")
+
+
+def plan_header(engine: str | Path | bytes) -> dict:
+    """The header of a FakeTensorRT plan: flavour, version, compute capability or targets, tensors, ..."""
+    header = split_plan(engine if isinstance(engine, bytes) else Path(engine).read_bytes())[0]
+    if header is None:
+        raise ValueError("not a FakeTensorRT plan")
+    return header
+
+
+def rewrite_plan_header(engine: str | Path, **changes) -> dict:
+    """Change fields of a FakeTensorRT plan's header in place (a plan from elsewhere, or a damaged one);
+    returns the new header."""
+    data = Path(engine).read_bytes()
+    header, onnx_bytes = split_plan(data)
+    if header is None:
+        raise ValueError("not a FakeTensorRT plan")
+    header.update(changes)
+    blob = json.dumps(header).encode()
+    Path(engine).write_bytes(ENGINE_MAGIC + struct.pack("<I", len(blob)) + blob + onnx_bytes)
+    return header
 
 
 def plan_onnx(engine: str | Path | bytes):
@@ -634,10 +933,10 @@ def plan_onnx(engine: str | Path | bytes):
     import onnx
 
     data = engine if isinstance(engine, bytes) else Path(engine).read_bytes()
-    if not data.startswith(ENGINE_MAGIC):
+    header, onnx_bytes = split_plan(data)
+    if header is None:
         raise ValueError("not a FakeTensorRT plan")
-    (size,) = struct.unpack("<I", data[len(ENGINE_MAGIC):len(ENGINE_MAGIC) + 4])
-    return onnx.load_from_string(data[len(ENGINE_MAGIC) + 4 + size:])
+    return onnx.load_from_string(onnx_bytes)
 
 
 class OnnxRuntimeStandInEngine(Surface):
@@ -650,10 +949,13 @@ class OnnxRuntimeStandInEngine(Surface):
     _removed_in_11 = {"device_memory_size", "create_execution_context_without_device_memory",
                       "get_device_memory_size_for_profile", "has_implicit_batch_dimension"}
 
-    def __init__(self, fake: "FakeTensorRT", header: dict, onnx_bytes: bytes):
+    _rtx_only = frozenset({"create_runtime_config"})
+
+    def __init__(self, fake: "FakeTensorRT", header: dict, onnx_bytes: bytes, plan_id: str = ""):
         super().__init__(fake)
         self.header = header
         self.onnx_bytes = onnx_bytes
+        self._plan_id = plan_id  # what the JIT's kernels are compiled for (RTX): this plan
         self.tensors = {t["name"]: dict(t, mode="INPUT") for t in header["inputs"]}
         self.tensors.update({t["name"]: dict(t, mode="OUTPUT") for t in header["outputs"]})
         self._session = None
@@ -669,7 +971,7 @@ class OnnxRuntimeStandInEngine(Surface):
 
     @property
     def device_memory_size_v2(self) -> int:
-        if self._fake.version_tuple < (10, 1, 0):  # added in TensorRT 10.1
+        if not self._fake.rtx and self._fake.version_tuple < (10, 1, 0):  # added in TensorRT 10.1
             raise AttributeError(f"'{type(self).__name__}' object has no attribute 'device_memory_size_v2'")
         return 1 << 20
 
@@ -694,8 +996,23 @@ class OnnxRuntimeStandInEngine(Surface):
             raise ValueError("invalid profile index or not an input tensor")
         return [tuple(s) for s in self.tensors[name]["profile"]]
 
-    def create_execution_context(self) -> "FakeExecutionContext":
+    def _context_with_strategy(self, strategy: EnumMember | None = None) -> "FakeExecutionContext":  # None: STATIC
+        if strategy is not None and (not isinstance(strategy, EnumMember)
+                                     or strategy.owner != "ExecutionContextAllocationStrategy"):
+            raise NoMatch
         return FakeExecutionContext(self._fake, self)
+
+    @rtx_only
+    def _context_with_runtime_config(self, runtime_config: "FakeRuntimeConfig | None" = None):
+        if runtime_config is not None and not isinstance(runtime_config, FakeRuntimeConfig):
+            raise NoMatch
+        return FakeExecutionContext(self._fake, self, runtime_config)
+
+    # create_execution_context(strategy=STATIC) on every surface; (runtime_config=None) on TensorRT for RTX
+    create_execution_context = Overloaded(_context_with_strategy, _context_with_runtime_config)
+
+    def create_runtime_config(self) -> "FakeRuntimeConfig":
+        return FakeRuntimeConfig(self._fake)
 
     def session(self):
         with self._session_lock:
@@ -706,13 +1023,83 @@ class OnnxRuntimeStandInEngine(Surface):
             return self._session
 
 
+class FakeRuntimeCache(Surface):
+    """TensorRT for RTX's IRuntimeCache: the kernels the JIT compiled, by plan and input shapes. A blob
+    loads only into the TensorRT for RTX release and GPU (name and compute capability: "the GPU device
+    properties/SKU") that wrote it; anything else is refused with False, the cache left unchanged."""
+
+    def __init__(self, fake: "FakeTensorRT"):
+        super().__init__(fake)
+        self._kernels: dict[str, str] = {}
+
+    def _fingerprint(self) -> dict:
+        cuda = self._fake.cuda
+        return {"version": self._fake.__version__, "gpu": cuda.gpu_name, "cc": list(cuda.compute_capability)}
+
+    def serialize(self) -> FakeHostMemory:
+        return FakeHostMemory(RUNTIME_CACHE_MAGIC + json.dumps({**self._fingerprint(),
+                                                                "kernels": self._kernels}).encode())
+
+    def deserialize(self, blob: bytes) -> bool:
+        data = bytes(blob)
+        if not data.startswith(RUNTIME_CACHE_MAGIC):
+            return False  # "Unrecognised wire format; rejecting cache."
+        try:
+            payload = json.loads(data[len(RUNTIME_CACHE_MAGIC):])
+            kernels = dict(payload.pop("kernels"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return False
+        if payload != self._fingerprint():
+            return False  # "Fingerprint check failed; rejecting cache."
+        self._kernels.update(kernels)
+        self._fake.runtime_cache_loads += 1
+        return True
+
+    def reset(self) -> bool:
+        self._kernels.clear()
+        return True
+
+
+class FakeRuntimeConfig(Surface):
+    """TensorRT for RTX's IRuntimeConfig (from ICudaEngine.create_runtime_config)."""
+
+    def __init__(self, fake: "FakeTensorRT"):
+        super().__init__(fake)
+        self._cache: FakeRuntimeCache | None = None
+        self._strategy = fake.ExecutionContextAllocationStrategy.STATIC
+
+    def create_runtime_cache(self) -> FakeRuntimeCache:
+        return FakeRuntimeCache(self._fake)
+
+    def set_runtime_cache(self, cache: FakeRuntimeCache | None = None) -> bool:
+        if cache is not None and not isinstance(cache, FakeRuntimeCache):
+            raise TypeError(f"set_runtime_cache(): incompatible function arguments: takes an IRuntimeCache, not "
+                            f"{cache!r}")
+        self._cache = cache
+        return True
+
+    def get_runtime_cache(self) -> FakeRuntimeCache | None:
+        return self._cache
+
+    def set_execution_context_allocation_strategy(self, strategy: EnumMember | None = None) -> None:  # None: STATIC
+        self._strategy = strategy if strategy is not None else self._fake.ExecutionContextAllocationStrategy.STATIC
+
+    def get_execution_context_allocation_strategy(self) -> EnumMember:
+        return self._strategy
+
+
 class FakeExecutionContext(Surface):
     _removed = frozenset({"execute", "execute_async", "execute_async_v2", "set_binding_shape", "get_binding_shape",
                           "get_strides", "set_shape_input", "get_shape"})
 
-    def __init__(self, fake: "FakeTensorRT", engine: OnnxRuntimeStandInEngine):
+    def __init__(self, fake: "FakeTensorRT", engine: OnnxRuntimeStandInEngine,
+                 runtime_config: FakeRuntimeConfig | None = None):
         super().__init__(fake)
         self._engine = engine
+        self._runtime_config = runtime_config
+        # RTX: where the JIT keeps what it compiled: the runtime cache the config carries, else the context's own
+        cache = runtime_config.get_runtime_cache() if runtime_config is not None else None
+        self._kernels: dict[str, str] = cache._kernels if cache is not None else {}
         self.shapes: dict[str, tuple] = {}
         self.addresses: dict[str, int] = {}
         self._busy = False
@@ -768,6 +1155,8 @@ class FakeExecutionContext(Surface):
                 dtype = fake.nptype(getattr(fake.DataType, t["dtype"]))
                 raw = fake.cuda.resolve(self.addresses[name], int(np.prod(shape)) * np.dtype(dtype).itemsize)
                 feeds[name] = raw.view(dtype).reshape(shape).copy()
+            if fake.rtx:
+                self._jit(feeds)
             results = self.engine.session().run(None, feeds)
             if fake.tamper_outputs is not None:
                 results = [fake.tamper_outputs(np.array(r)) for r in results]
@@ -783,20 +1172,46 @@ class FakeExecutionContext(Surface):
         finally:
             self._busy = False
 
+    def _jit(self, feeds: dict[str, np.ndarray]) -> None:
+        """TensorRT for RTX compiles its kernels on the device, for the input shapes it meets, the first time
+        it meets them; a runtime cache that already holds them spares that (fake.kernels_compiled counts)."""
+        key = self._engine._plan_id + ":" + ";".join(f"{n}={'x'.join(map(str, a.shape))}" for n, a in sorted(
+            feeds.items()))
+        if key in self._kernels:
+            self._fake.kernels_reused += 1
+        else:
+            self._kernels[key] = f"kernels compiled for sm{''.join(map(str, self._fake.cuda.compute_capability))}"
+            self._fake.kernels_compiled += 1
+
 
 # -- the module --------------------------------------------------------------------------------
 
 
 class FakeTensorRT(types.ModuleType):
-    """Stands in for `import tensorrt` (10.x or 11.x surface, by `version`)."""
+    """Stands in for `import tensorrt` (10.x or 11.x surface, by `version`) or, with flavour="rtx", for
+    `import tensorrt_rtx` (TensorRT for RTX 1.x: the 11.x surface with RTX's BuilderFlag values, plus
+    target compute capabilities, the plan header check and the runtime cache; see RTX_SURFACE)."""
 
-    def __init__(self, version: str = "10.3.0.30", cuda: FakeCudaRuntime | None = None, num_dla_cores: int = 0):
-        super().__init__("tensorrt")
+    def __init__(self, version: str | None = None, cuda: FakeCudaRuntime | None = None, num_dla_cores: int = 0,
+                 flavour: str = "tensorrt"):
+        if flavour not in FLAVOURS:
+            raise ValueError(f"flavour must be one of {', '.join(FLAVOURS)}, not {flavour!r}")
+        super().__init__(FLAVOURS[flavour])
+        version = version or (RTX_SURFACE if flavour == "rtx" else SURFACES["10.x"])
+        self.flavour = flavour
+        self.rtx = flavour == "rtx"
+        if self.rtx and num_dla_cores:
+            raise ValueError("TensorRT for RTX runs on RTX GPUs, which have no DLA cores")
         self.__version__ = version
         self.version_tuple = tuple(int(p) for p in version.split(".")[:3])
         self.major = self.version_tuple[0]
-        self.cuda = cuda or FakeCudaRuntime()
+        self.api11 = self.rtx or self.major >= 11  # TensorRT 11's API: what 11 removed is gone, strongly typed
+        self.cuda = cuda or FakeCudaRuntime(compute_capability=(8, 9) if self.rtx else (8, 7))  # RTX 40 / Orin
         self.num_dla_cores = num_dla_cores
+        self.validity_checks = 0  # RTX: Runtime.get_engine_validity calls
+        self.kernels_compiled = 0  # RTX: JIT compilations (a plan meeting input shapes no cache held)
+        self.kernels_reused = 0  # RTX: executions whose kernels were compiled already (this context or a cache)
+        self.runtime_cache_loads = 0  # RTX: IRuntimeCache.deserialize calls that loaded a cache
         self.removed_touched: list[str] = []
         self.builds: list[BuildRecord] = []
         self.deserialize_calls = 0
@@ -806,14 +1221,14 @@ class FakeTensorRT(types.ModuleType):
         self.fail_build_with: list[str] = []
         self.tamper_outputs = None  # logits -> logits, applied to every engine output (a wrong engine)
         self.last_logger_error = ""
-        eleven = self.major >= 11
+        eleven = self.api11
         self._removed_module = {"IInt8Calibrator", "IInt8EntropyCalibrator2", "IInt8EntropyCalibrator",
                                 "IInt8MinMaxCalibrator", "IInt8LegacyCalibrator", "CalibrationAlgoType",
                                 "QuantizationFlag"} if eleven else set()
         # The values are TensorRT 10's (NvInfer.h, NvInferRuntimeBase.h). Removed on 11: the precision flags
         # (FP16 ... FP4 and the precision constraints); DIRECT_IO is deprecated but stays (NVIDIA's 10.x -> 11.x
         # reference, 11.4.1: "deprecated, not removed"; TensorRT for RTX 1.7 has it too).
-        self.BuilderFlag = FakeEnum(self, "BuilderFlag", BUILDER_FLAGS,
+        self.BuilderFlag = FakeEnum(self, "BuilderFlag", RTX_BUILDER_FLAGS if self.rtx else BUILDER_FLAGS,
                                     removed=REMOVED_IN_11_BUILDER_FLAGS if eleven else set())
         # 10.x: EXPLICIT_BATCH = 0 (ignored), STRONGLY_TYPED = 1. 11 dropped EXPLICIT_BATCH and STRONGLY_TYPED is
         # 0 (deprecated, ignored: always strongly typed), as in TensorRT for RTX 1.7.
@@ -823,7 +1238,8 @@ class FakeTensorRT(types.ModuleType):
         self.MemoryPoolType = FakeEnum(self, "MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM",
                                                                 "DLA_LOCAL_DRAM", "DLA_GLOBAL_DRAM", "TACTIC_DRAM"])
         # kSAME_COMPUTE_CAPABILITY arrived in TensorRT 10.9: before it, the level simply does not exist
-        levels = ["NONE", "AMPERE_PLUS"] + (["SAME_COMPUTE_CAPABILITY"] if self.version_tuple >= (10, 9, 0) else [])
+        levels = ["NONE", "AMPERE_PLUS"] + (["SAME_COMPUTE_CAPABILITY"] if self.rtx or self.version_tuple >= (10, 9, 0)
+                                            else [])
         self.HardwareCompatibilityLevel = FakeEnum(self, "HardwareCompatibilityLevel", levels)
         self.DeviceType = FakeEnum(self, "DeviceType", ["GPU", "DLA"])
         self.TensorIOMode = FakeEnum(self, "TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
@@ -833,12 +1249,26 @@ class FakeTensorRT(types.ModuleType):
             "SUCCESS", "INTERNAL_ERROR", "MEM_ALLOC_FAILED", "MODEL_DESERIALIZE_FAILED", "INVALID_VALUE",
             "INVALID_GRAPH", "INVALID_NODE", "UNSUPPORTED_GRAPH", "UNSUPPORTED_NODE", "UNSUPPORTED_NODE_ATTR", "UNSUPPORTED_NODE_INPUT",
             "UNSUPPORTED_NODE_DATATYPE", "UNSUPPORTED_NODE_DYNAMIC", "UNSUPPORTED_NODE_SHAPE", "REFIT_FAILED"])
+        self.ExecutionContextAllocationStrategy = FakeEnum(self, "ExecutionContextAllocationStrategy",
+                                                           ALLOCATION_STRATEGIES)
+        if self.rtx:
+            self.ComputeCapability = FakeEnum(self, "ComputeCapability", COMPUTE_CAPABILITIES)
+            self.EngineValidity = FakeEnum(self, "EngineValidity", ENGINE_VALIDITY)
+            self.EngineInvalidityDiagnostics = FakeEnum(self, "EngineInvalidityDiagnostics",
+                                                        ENGINE_INVALIDITY_DIAGNOSTICS)
+            self.IRuntimeConfig = FakeRuntimeConfig  # classes of the module (rexport checks IRuntimeCache exists)
+            self.IRuntimeCache = FakeRuntimeCache
         self.ILogger = self._logger_class()
         if not eleven:
             base = self._calibrator_base()
             self.IInt8Calibrator = base
             self.IInt8EntropyCalibrator2 = type("IInt8EntropyCalibrator2", (base,), {"algorithm": "EntropyCalibration2"})
             self.IInt8MinMaxCalibrator = type("IInt8MinMaxCalibrator", (base,), {"algorithm": "MinMaxCalibration"})
+
+    @classmethod
+    def surface(cls, key: str, **kwargs) -> "FakeTensorRT":
+        """The double of one surface of ALL_SURFACES: "10.x", "11.x" or "rtx"."""
+        return cls(ALL_SURFACES[key], flavour="rtx" if key == "rtx" else "tensorrt", **kwargs)
 
     @property
     def cache_key(self) -> str:
@@ -851,7 +1281,24 @@ class FakeTensorRT(types.ModuleType):
     def __getattr__(self, item: str):
         if item in self.__dict__.get("_removed_module", ()):
             self.touch(item)
-        raise AttributeError(f"module 'tensorrt' has no attribute '{item}'")
+        raise AttributeError(f"module '{self.__name__}' has no attribute '{item}'")
+
+    def supported_compute_capabilities(self) -> list[tuple[int, int]]:
+        """TensorRT for RTX: the GPUs it builds for and runs on (ComputeCapability's SM members)."""
+        return [sm_tuple(name) for name in self.ComputeCapability.__members__ if name.startswith("SM")]
+
+    def cuda_problem(self) -> str | None:
+        """Why there is no usable GPU here, in CUDA's words (what TensorRT for RTX logs), or None."""
+        if self.cuda.driver != "present":
+            return CUDA_ERROR_35
+        if self.cuda.device_count == 0:
+            return CUDA_ERROR_100
+        return None
+
+    def warn_timing_cache(self) -> None:
+        """TensorRT for RTX keeps the timing-cache calls, as no-ops; all but create_timing_cache warn."""
+        if self.rtx:
+            warnings.warn(RTX_TIMING_CACHE_WARNING, DeprecationWarning, stacklevel=3)
 
     # classes user code calls or subclasses
     def _logger_class(self) -> type:
@@ -889,21 +1336,33 @@ class FakeTensorRT(types.ModuleType):
                 "UINT8": np.uint8, "INT64": np.int64}[trt_type.name]
 
 
-def install_fake_tensorrt(monkeypatch, version: str = "10.3.0.30", *, compute_capability: tuple[int, int] = (8, 7),
-                          num_dla_cores: int = 0) -> FakeTensorRT:
-    """Put FakeTensorRT in sys.modules as `tensorrt` (and FakeCudaRuntime as cuda-python); monkeypatch restores."""
-    cuda = install_fake_cuda(monkeypatch, FakeCudaRuntime(compute_capability=compute_capability))
-    fake = FakeTensorRT(version, cuda=cuda, num_dla_cores=num_dla_cores)
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+def install_fake_tensorrt(monkeypatch, version: str | None = None, *, flavour: str = "tensorrt",
+                          compute_capability: tuple[int, int] | None = None, num_dla_cores: int = 0,
+                          **cuda: Any) -> FakeTensorRT:
+    """Put FakeTensorRT in sys.modules as `tensorrt` (flavour="rtx": as `tensorrt_rtx`, version RTX_SURFACE)
+    and FakeCudaRuntime as cuda-python; monkeypatch restores. The fake GPU is compute capability 8.7 (Jetson
+    Orin) for TensorRT, 8.9 (an RTX 40 series) for TensorRT for RTX, unless told; `cuda` goes to
+    FakeCudaRuntime (gpu_name, device_count, driver). The other flavour's module is left as it is: see
+    hide_tensorrt."""
+    if compute_capability is None:
+        compute_capability = (8, 9) if flavour == "rtx" else (8, 7)
+    runtime = install_fake_cuda(monkeypatch, FakeCudaRuntime(compute_capability=compute_capability, **cuda))
+    fake = FakeTensorRT(version, cuda=runtime, num_dla_cores=num_dla_cores, flavour=flavour)
+    monkeypatch.setitem(sys.modules, FLAVOURS[flavour], fake)
     return fake
 
 
-def hide_tensorrt(monkeypatch, rtx: bool = True) -> None:
+def hide_tensorrt(monkeypatch, rtx: bool = True, tensorrt: bool = True) -> None:
     """Make `import tensorrt` fail as if it were not installed, and `import tensorrt_rtx` too unless
-    rtx=False (rexport falls back to TensorRT for RTX, which a development machine may have for real)."""
-    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    rtx=False (rexport falls back to TensorRT for RTX, which a development machine may have for real);
+    tensorrt=False leaves `tensorrt` alone (hide only TensorRT for RTX)."""
+    if tensorrt:
+        monkeypatch.setitem(sys.modules, "tensorrt", None)
     if rtx:
         monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
 
 
-SURFACES = {"10.x": "10.3.0.30", "11.x": "11.1.0.8"}
+SURFACES = {"10.x": "10.3.0.30", "11.x": "11.1.0.8"}  # TensorRT (module tensorrt), by its API surfaces
+RTX_SURFACE = "1.7.1.116"  # TensorRT for RTX (module tensorrt_rtx), as installed by the dev extra
+ALL_SURFACES = {**SURFACES, "rtx": RTX_SURFACE}  # every surface the double models: FakeTensorRT.surface(key)
+FLAVOURS = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}  # flavour -> module name

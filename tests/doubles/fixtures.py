@@ -2,7 +2,10 @@
 
 `trt` runs a test once per API surface (TensorRT 10.x and 11.x) and fails it afterwards if the
 code under test touched an API that surface removed (even when the AttributeError was swallowed)
-or set the EXPLICIT_BATCH network flag.
+or set the EXPLICIT_BATCH network flag. `rtx` is the TensorRT for RTX surface as `tensorrt_rtx`
+(TensorRT hidden, so rexport's default choice is RTX too) on a fake RTX GPU (compute capability
+8.9), held to the same rule. `make_trt(version, flavour=..., compute_capability=..., ...)` installs
+one of a given kind.
 
 `tiny` writes the tiny classifier (tiny_onnx.py); its "fp16" and "int8" variants are made once
 per session by the real rexport.calibration.to_fp16 and quantize (trt target, calibrated on
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from doubles.fake_tensorrt import SURFACES, FakeTensorRT, install_fake_tensorrt
+from doubles.fake_tensorrt import SURFACES, FakeTensorRT, hide_tensorrt, install_fake_tensorrt
 from doubles.spy import PipelineSpy, install_pipeline_spy
 from doubles.tiny_onnx import VARIANTS, write_tiny_classifier, write_tiny_dataset
 from rexport.calibration.fp16 import to_fp16
@@ -37,11 +40,22 @@ def trt(request, monkeypatch) -> FakeTensorRT:
 
 
 @pytest.fixture
+def rtx(monkeypatch) -> FakeTensorRT:
+    hide_tensorrt(monkeypatch, rtx=False)
+    fake = install_fake_tensorrt(monkeypatch, flavour="rtx")
+    yield fake
+    assert_clean(fake)
+
+
+@pytest.fixture
 def make_trt(monkeypatch):
-    """Install a FakeTensorRT of a given version (and GPU); later calls replace earlier ones."""
+    """Install a FakeTensorRT of a given version (and GPU; flavour="rtx": TensorRT for RTX, default version
+    RTX_SURFACE); later calls replace earlier ones of the same flavour."""
     made: list[FakeTensorRT] = []
 
-    def make(version: str = SURFACES["10.x"], **kwargs) -> FakeTensorRT:
+    def make(version: str | None = None, **kwargs) -> FakeTensorRT:
+        if version is None and kwargs.get("flavour", "tensorrt") == "tensorrt":
+            version = SURFACES["10.x"]
         fake = install_fake_tensorrt(monkeypatch, version, **kwargs)
         made.append(fake)
         return fake

@@ -1,14 +1,21 @@
-"""The double's TensorRT 11 surface against the real TensorRT for RTX (`tensorrt_rtx`).
+"""The double's TensorRT 11 and TensorRT for RTX surfaces against the real TensorRT for RTX (`tensorrt_rtx`).
 
 FakeTensorRT models the documented TensorRT 10.x and 11.x Python APIs; real TensorRT cannot be
 installed here, but TensorRT for RTX can, and it shares the TensorRT 11 API for everything
-rexport touches. Wherever the double and `tensorrt_rtx` share a name, this compares:
+rexport touches. FakeTensorRT also models TensorRT for RTX itself (flavour="rtx"), and that surface
+is held to the real module the same way, with nothing left out: the double's RTX classes
+(IRuntimeConfig, IRuntimeCache), enums (ComputeCapability, EngineValidity,
+EngineInvalidityDiagnostics, ExecutionContextAllocationStrategy) and RTX-only methods
+(num_compute_capabilities, set/get_compute_capability, get_engine_validity, create_runtime_config,
+the overloaded create_execution_context, each overload on its own) must be the real ones.
+Wherever the double and `tensorrt_rtx` share a name, this compares:
 
 - module level: every class, enum and function the double's 11.x surface exposes must exist in
   `tensorrt_rtx`, and what the double declares removed on 11.x must be absent there;
 - for each class the double models (Builder, INetworkDefinition, OnnxParser, ParserError,
   IOptimizationProfile, IBuilderConfig, ITimingCache, IHostMemory, Runtime, ICudaEngine,
-  IExecutionContext, ITensor, ILogger): every public attribute of the double's object
+  IExecutionContext, ITensor, ILogger; on RTX also IRuntimeConfig, IRuntimeCache): every public
+  attribute of the double's object
   - is a method where the real one is a method, and data (a property) where the real one is a
     property; a read-only real property must not be writable on the double, and a writable one
     must be writable;
@@ -26,10 +33,15 @@ rexport touches. Wherever the double and `tensorrt_rtx` share a name, this compa
   (bool, int, str, sequence, which enum, ...); default flags and settings, profile shapes, the
   parser's error for an op it has no importer for, a refused profile, an unknown network flag and
   a build without a profile give the same results. (Engines and contexts need a GPU to load.)
+  On RTX, against a double without a GPU (this machine has none): the target compute capability
+  rules (count, NONE, CURRENT, the index range, a resized list), a build for SM89, for nothing set,
+  with a NONE left and for CURRENT without a GPU, the timing-cache calls (no-ops that warn),
+  get_engine_validity of garbage and of a plan, and deserializing a plan without a GPU.
 
-Every difference fails the test unless ALLOWLIST names it, with its reason. An entry that no
-longer matches a difference fails too, so the list cannot go stale. Differences that are bugs of
-the double are fixed in the double (tests/doubles/fake_tensorrt.py), never listed here.
+Every difference fails the test unless the surface's allowlist (ALLOWLIST, plus ALLOWLIST_11 for
+the 11.x surface) names it, with its reason. An entry that no longer matches a difference fails
+too, so the lists cannot go stale. Differences that are bugs of the double are fixed in the double
+(tests/doubles/fake_tensorrt.py), never listed here.
 
 Skipped (with the reason) where tensorrt_rtx is not installed: `pip install tensorrt-rtx`, or the
 `[dev]` extra.
@@ -46,8 +58,9 @@ from pathlib import Path
 
 import pytest
 
+from doubles.fake_cuda import FakeCudaRuntime
 from doubles.fake_tensorrt import (SURFACES, EnumMember, FakeBuilder, FakeBuilderConfig, FakeEnum, FakeTensorRT,
-                                   Surface)
+                                   OnnxRuntimeStandInEngine, Overloaded, Surface, rtx_only)
 from doubles.tiny_onnx import write_tiny_classifier
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
@@ -56,21 +69,18 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None
 
 HOOK = "the double's own test hook (what it recorded or was set up with), read by tests; not TensorRT API"
 
-# difference -> why it is not a bug of the double. Keys: "Owner.name [aspect]".
+# difference -> why it is not a bug of the double. Keys: "Owner.name [aspect]". Both surfaces.
 ALLOWLIST = {
-    # -- integer values -------------------------------------------------------------------------
-    **dict.fromkeys([f"BuilderFlag.{flag} [value]" for flag in ("VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME",
-                                                                "STRIP_PLAN")],
-                    "TensorRT 10 numbers BuilderFlag from its header (REJECT_EMPTY_ALGORITHMS = 12, "
-                    "VERSION_COMPATIBLE = 13, ...); TensorRT for RTX 1.7 dropped REJECT_EMPTY_ALGORITHMS and "
-                    "numbers the later flags one lower (VERSION_COMPATIBLE = 12). TensorRT 11's own numbering "
-                    "could not be checked here, so the double keeps TensorRT 10's; rexport passes enum members, "
-                    "never their integers"),
     # -- the double's test hooks (absent from TensorRT by design) ---------------------------------
     **dict.fromkeys([f"tensorrt.{name} [double-only]" for name in (
         "cuda", "version_tuple", "major", "num_dla_cores", "removed_touched", "builds", "deserialize_calls",
         "executions", "concurrent_context_use", "explicit_batch_used", "fail_build_with", "tamper_outputs",
-        "last_logger_error", "cache_key", "touch")], HOOK),
+        "last_logger_error", "cache_key", "touch", "flavour", "rtx", "api11", "surface", "validity_checks",
+        "kernels_compiled", "kernels_reused", "runtime_cache_loads")], HOOK),
+    **dict.fromkeys([f"tensorrt.{name} [double-only]" for name in (
+        "supported_compute_capabilities", "cuda_problem", "warn_timing_cache")],
+                    "the double's own helper for its RTX behaviour (which GPUs RTX supports, whether the fake GPU "
+                    "is usable, the timing-cache warning), called by the double; not TensorRT API"),
     **dict.fromkeys([f"INetworkDefinition.{name} [double-only]" for name in (
         "inputs", "outputs", "onnx_bytes", "has_qdq", "strongly_typed")], HOOK),
     **dict.fromkeys([f"OnnxParser.{name} [double-only]" for name in ("network", "logger", "errors")], HOOK),
@@ -82,6 +92,21 @@ ALLOWLIST = {
         "header", "onnx_bytes", "tensors", "session")], HOOK),
     **dict.fromkeys([f"IExecutionContext.{name} [double-only]" for name in ("shapes", "addresses")], HOOK),
 }
+
+# only on the 11.x surface
+ALLOWLIST_11 = {
+    **dict.fromkeys([f"BuilderFlag.{flag} [value]" for flag in ("VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME",
+                                                                "STRIP_PLAN")],
+                    "TensorRT 10 numbers BuilderFlag from its header (REJECT_EMPTY_ALGORITHMS = 12, "
+                    "VERSION_COMPATIBLE = 13, ...); TensorRT for RTX 1.7 dropped REJECT_EMPTY_ALGORITHMS and "
+                    "numbers the later flags one lower (VERSION_COMPATIBLE = 12). TensorRT 11's own numbering "
+                    "could not be checked here, so the double keeps TensorRT 10's; rexport passes enum members, "
+                    "never their integers (the double's RTX surface has RTX's numbers)"),
+}
+
+
+def allowlist(fake: FakeTensorRT) -> dict[str, str]:
+    return ALLOWLIST if fake.rtx else {**ALLOWLIST, **ALLOWLIST_11}
 
 
 # -- what the real module says -----------------------------------------------------------------
@@ -161,7 +186,7 @@ def double_kind(obj, name: str) -> str | None:
             return "property-ro" if attr.fset is None else "property-rw"
         if inspect.ismemberdescriptor(attr):  # a __slots__ attribute
             return "property-rw"
-        if isinstance(attr, (staticmethod, classmethod)) or inspect.isfunction(attr):
+        if isinstance(attr, (staticmethod, classmethod, Overloaded)) or inspect.isfunction(attr):
             return "method"
         if isinstance(attr, FakeEnum):
             return "class"  # a pybind enum is a class
@@ -185,7 +210,7 @@ def double_names(obj) -> set[str]:
             names |= {n for n in vars(klass) if not n.startswith("_")}
     names |= {n for n in getattr(obj, "__dict__", {}) if not n.startswith("_")}
     if isinstance(obj, Surface):
-        names -= type(obj)._removed_for(obj._fake)
+        names -= type(obj)._missing_for(obj._fake)  # removed on this surface, or RTX-only elsewhere
     return names
 
 
@@ -196,7 +221,12 @@ def double_params(function) -> list[Param]:
 
 
 def signature_difference(double_fn, real_fn, name: str) -> str | None:
-    """None when some real overload accepts the double's parameters (see the module docstring)."""
+    """None when some real overload accepts the double's parameters (see the module docstring). A double
+    method that is itself overloaded (fake_tensorrt.Overloaded) is compared overload by overload."""
+    variants = getattr(double_fn, "overloads", None)
+    if variants is not None:
+        problems = [signature_difference(variant, real_fn, name) for variant in variants]
+        return "; ".join(p for p in problems if p) or None
     mine = double_params(double_fn)
     overloads = pybind_overloads(real_fn, name)
     if not overloads:
@@ -236,6 +266,9 @@ class Objects:
         if engine:  # deserializing needs a GPU with the real module
             self.engine = self.runtime.deserialize_cuda_engine(self.host_memory)
             self.context = self.engine.create_execution_context()
+            if getattr(fake, "rtx", False):  # TensorRT for RTX: the runtime cache's objects
+                self.runtime_config = self.engine.create_runtime_config()
+                self.runtime_cache = self.runtime_config.create_runtime_cache()
         self.logger = logger
         bad = write_tiny_classifier(onnx_path.with_name("bad.onnx"), "unsupported")
         # TensorRT's objects do not keep what they were made from alive: hold on to every one
@@ -251,6 +284,8 @@ class Objects:
                    "Runtime": self.runtime, "ITensor": self.tensor, "ILogger": self.logger}
         if hasattr(self, "engine"):
             objects.update({"ICudaEngine": self.engine, "IExecutionContext": self.context})
+        if hasattr(self, "runtime_config"):
+            objects.update({"IRuntimeConfig": self.runtime_config, "IRuntimeCache": self.runtime_cache})
         return objects
 
 
@@ -314,6 +349,7 @@ class Comparison:
     attributes: int
     enum_members: int
     behaviours: int
+    allowed: dict[str, str]  # the surface's allowlist
 
 
 def compare(fake: FakeTensorRT, real, onnx_path: Path, real_objects: "Objects | None" = None) -> Comparison:
@@ -331,6 +367,10 @@ def compare(fake: FakeTensorRT, real, onnx_path: Path, real_objects: "Objects | 
         real_value = getattr(real, name)
         if isinstance(value, FakeEnum):
             members += compare_enum(differences, name, value, real_value)
+        elif isinstance(value, type) and issubclass(value, Surface):  # IRuntimeCache: made by TensorRT, not by users
+            if not isinstance(real_value, type):
+                differences[f"tensorrt.{name} [kind]"] = (f"the double's {name} is a class, tensorrt_rtx's "
+                                                          f"{real_value!r}")
         elif callable(value) and isinstance(real_value, type):  # Builder(logger): a class there, a factory here
             problem = signature_difference(value, real_value.__init__, "__init__")
             if problem:
@@ -354,8 +394,13 @@ def compare(fake: FakeTensorRT, real, onnx_path: Path, real_objects: "Objects | 
         members += enum_members
     behaviours = 0
     if real_objects is not None:
-        behaviours = compare_behaviour(differences, fake, real_objects, onnx_path)
-    return Comparison(differences, len(objects), attributes, members, behaviours)
+        # TensorRT for RTX's builder side runs here for real, on a machine without a GPU: so does the double's
+        here = FakeTensorRT(fake.__version__, flavour="rtx", cuda=FakeCudaRuntime(driver="missing")) if fake.rtx \
+            else fake
+        behaviours = compare_behaviour(differences, here, real_objects, onnx_path)
+        if fake.rtx:
+            behaviours += compare_rtx_behaviour(differences, here, real, onnx_path)
+    return Comparison(differences, len(objects), attributes, members, behaviours, allowlist(fake))
 
 
 # -- what the objects return: the double's builder side against TensorRT for RTX's, for real ------
@@ -466,6 +511,107 @@ def compare_behaviour(differences: dict, fake: FakeTensorRT, real_objects: Objec
     return compared
 
 
+def compare_rtx_behaviour(differences: dict, fake: FakeTensorRT, real, onnx_path: Path) -> int:
+    """TensorRT for RTX's own calls, made the same way on the double (without a GPU) and on tensorrt_rtx
+    (this machine has no GPU either): the results must be the same. Returns how many were compared."""
+    results: dict[str, dict] = {}
+    keep = []  # TensorRT's objects do not keep what they were made from alive
+
+    for label, module in (("double", fake), ("real", real)):
+        logger = collecting_logger(module)
+        builder = module.Builder(logger)
+        cc = module.ComputeCapability
+        r: dict[str, object] = {}
+        config = builder.create_builder_config()
+        since = len(logger.messages)
+        r["num_compute_capabilities default"] = (config.num_compute_capabilities,
+                                                 config.get_compute_capability(0).name)
+        config.num_compute_capabilities = 1
+        r["set_compute_capability NONE"] = config.set_compute_capability(cc.NONE, 0)
+        r["set_compute_capability index out of range"] = config.set_compute_capability(cc.SM89, 1)
+        config.num_compute_capabilities = 2
+        r["set_compute_capability CURRENT beside another"] = (config.set_compute_capability(cc.CURRENT, 0),
+                                                              config.set_compute_capability(cc.CURRENT, 1))
+        r["set_compute_capability two targets"] = (
+            config.set_compute_capability(cc.SM86, 0), config.set_compute_capability(cc.SM120, 1),
+            [config.get_compute_capability(i).name for i in range(3)])
+        config.num_compute_capabilities = 1
+        r["num_compute_capabilities shrunk"] = [config.get_compute_capability(i).name for i in range(2)]
+        r["set_compute_capability CURRENT alone"] = config.set_compute_capability(cc.CURRENT, 0)
+        config.num_compute_capabilities = 3
+        r["num_compute_capabilities grown"] = [config.get_compute_capability(i).name for i in range(3)]
+        try:
+            config.num_compute_capabilities = -1
+            r["num_compute_capabilities negative"] = "accepted"
+        except Exception as e:  # noqa: BLE001 - which exception is what is compared
+            r["num_compute_capabilities negative"] = (type(e).__name__, str(e))
+        try:
+            config.set_compute_capability(89, 0)
+            r["set_compute_capability an int"] = "accepted"
+        except TypeError:
+            r["set_compute_capability an int"] = "TypeError"
+        # what they logged, without the CUDA error 1.7 logs after each where there is no driver (this machine)
+        r["set_compute_capability logs"] = [m for s, m in logger.messages[since:] if s in ("ERROR", "INTERNAL_ERROR")
+                                            and "catchCudaError" not in m]
+
+        def build(targets: list[str | None] | None):
+            network = builder.create_network(0)
+            parser = module.OnnxParser(network, logger)
+            assert parser.parse_from_file(str(onnx_path))
+            config = builder.create_builder_config()
+            profile = builder.create_optimization_profile()
+            profile.set_shape("input", (1, 3, 8, 8), (4, 3, 8, 8), (8, 3, 8, 8))
+            config.add_optimization_profile(profile)
+            if targets is not None:
+                config.num_compute_capabilities = len(targets)
+                for i, target in enumerate(targets):
+                    if target is not None:
+                        assert config.set_compute_capability(getattr(cc, target), i)
+            since = len(logger.messages)
+            plan = builder.build_serialized_network(network, config)
+            keep.append((network, parser, config, profile))
+            return plan, [m for s, m in logger.messages[since:] if s in ("ERROR", "INTERNAL_ERROR")]
+
+        plan, errors = build(["SM89"])
+        r["build for SM89"] = (plan is not None, errors)
+        built, errors = build(None)
+        r["build with no target set"] = (built is not None, errors)
+        built, errors = build([None])
+        r["build with NONE left in the list"] = (built is None, errors)
+        built, errors = build(["CURRENT"])
+        r["build for CURRENT without a GPU"] = (built is None, errors)
+        def warned(call) -> tuple:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = call()
+            return result, [(w.category.__name__, str(w.message)) for w in caught]
+
+        cache, r["create_timing_cache warns"] = warned(lambda: config.create_timing_cache(b""))
+        r["set_timing_cache"] = warned(lambda: config.set_timing_cache(cache, False))
+        r["get_timing_cache"] = warned(lambda: config.get_timing_cache() is cache)
+        r["ITimingCache.reset"] = warned(cache.reset)
+        r["ITimingCache.combine"] = warned(lambda: cache.combine(config.create_timing_cache(b""), False))
+        r["ITimingCache.serialize"] = warned(lambda: category(cache.serialize()))[1]
+        runtime = module.Runtime(logger)
+        validity, diagnostics = runtime.get_engine_validity(b"not an engine" * 8)
+        r["get_engine_validity of garbage"] = (category(validity), validity.name, category(diagnostics),
+                                               int(diagnostics))
+        validity, diagnostics = runtime.get_engine_validity(bytes(memoryview(plan)))
+        r["get_engine_validity of a plan without a GPU"] = (validity.name, int(diagnostics))
+        since = len(logger.messages)
+        engine = runtime.deserialize_cuda_engine(bytes(memoryview(plan)))
+        r["deserialize_cuda_engine without a GPU"] = (engine is None, any(
+            "cudaError 35" in m for s, m in logger.messages[since:] if s == "ERROR"))
+        keep.append((logger, builder, config, runtime, plan))
+        results[label] = r
+
+    for key, mine in results["double"].items():
+        theirs = results["real"][key]
+        if mine != theirs:
+            differences[f"RTX {key} [value]"] = f"the double gives {mine!r}, tensorrt_rtx {theirs!r}"
+    return len(results["double"])
+
+
 # -- the tests ---------------------------------------------------------------------------------
 
 
@@ -492,22 +638,44 @@ def eleven() -> FakeTensorRT:
     return FakeTensorRT(SURFACES["11.x"])
 
 
+def rtx() -> FakeTensorRT:
+    return FakeTensorRT.surface("rtx")
+
+
 def unexplained(comparison: Comparison) -> dict[str, str]:
-    return {k: v for k, v in comparison.differences.items() if k not in ALLOWLIST}
+    return {k: v for k, v in comparison.differences.items() if k not in comparison.allowed}
+
+
+def assert_matches(comparison: Comparison, real) -> None:
+    new = unexplained(comparison)
+    assert not new, "the double differs from tensorrt_rtx " + real.__version__ + ":\n" + "\n".join(
+        f"  {k}: {v}" for k, v in sorted(new.items()))
+    stale = sorted(set(comparison.allowed) - set(comparison.differences))
+    assert not stale, f"allowlist entries that no longer match a difference (remove them): {stale}"
 
 
 def test_the_double_s_tensorrt_11_surface_matches_tensorrt_for_rtx(real, real_objects, onnx_path):
     comparison = compare(eleven(), real, onnx_path, real_objects)
-    new = unexplained(comparison)
-    assert not new, "the double differs from tensorrt_rtx " + real.__version__ + ":\n" + "\n".join(
-        f"  {k}: {v}" for k, v in sorted(new.items()))
-    stale = sorted(set(ALLOWLIST) - set(comparison.differences))
-    assert not stale, f"ALLOWLIST entries that no longer match a difference (remove them): {stale}"
+    assert_matches(comparison, real)
     # what it compared, so that a comparison that silently checks nothing fails
     assert comparison.classes == 13
     assert comparison.attributes >= 60, comparison.attributes
     assert comparison.enum_members >= 50, comparison.enum_members
     assert comparison.behaviours >= 25, comparison.behaviours
+
+
+def test_the_double_s_tensorrt_for_rtx_surface_matches_tensorrt_rtx(real, real_objects, onnx_path):
+    fake = rtx()
+    assert fake.__version__ == real.__version__  # the release the double models is the one installed
+    comparison = compare(fake, real, onnx_path, real_objects)
+    assert_matches(comparison, real)
+    assert comparison.classes == 15  # the 13 of 11.x, IRuntimeConfig and IRuntimeCache
+    assert comparison.attributes >= 90, comparison.attributes
+    assert comparison.enum_members >= 75, comparison.enum_members
+    assert comparison.behaviours >= 50, comparison.behaviours
+    rtx_only = {"ComputeCapability", "EngineValidity", "EngineInvalidityDiagnostics", "IRuntimeConfig",
+                "IRuntimeCache"}
+    assert rtx_only <= double_names(fake) and not rtx_only & double_names(eleven())
 
 
 def test_the_signature_reader_reads_pybind_overloads(real):
@@ -581,3 +749,57 @@ def test_a_value_unlike_tensorrt_s_is_caught(real, real_objects, onnx_path, monk
     assert "'int', None), tensorrt_rtx (" in new["ParserError [value]"]
     assert "'enum:ErrorCode', 'INVALID_NODE')" in new["ParserError [value]"]
     assert new["IBuilderConfig.flags [value]"] == "the double gives 0, tensorrt_rtx 64"
+
+
+# -- it can fail: a deliberately wrong RTX surface is caught ---------------------------------------
+
+
+def test_a_wrong_rtx_enum_value_and_an_invented_member_are_caught(real, onnx_path):
+    fake = rtx()
+    object.__setattr__(fake.ComputeCapability, "SM89", EnumMember("ComputeCapability", "SM89", 8))
+    object.__setattr__(fake.ComputeCapability, "SM90", EnumMember("ComputeCapability", "SM90", 90))  # no Hopper
+    object.__setattr__(fake.EngineInvalidityDiagnostics, "UNSUPPORTED_CC",
+                       EnumMember("EngineInvalidityDiagnostics", "UNSUPPORTED_CC", 4))
+    new = unexplained(compare(fake, real, onnx_path))
+    assert new["ComputeCapability.SM89 [value]"] == "the double's ComputeCapability.SM89 is 8, tensorrt_rtx's is 89"
+    assert "ComputeCapability.SM90 [missing]" in new and "EngineInvalidityDiagnostics.UNSUPPORTED_CC [value]" in new
+
+
+def test_a_renamed_rtx_parameter_is_caught(real, onnx_path, monkeypatch):
+    def set_compute_capability(self, capability, index):  # TensorRT calls it compute_capability
+        return True
+
+    monkeypatch.setattr(FakeBuilderConfig, "set_compute_capability", set_compute_capability)
+    problem = unexplained(compare(rtx(), real, onnx_path)).get("IBuilderConfig.set_compute_capability [signature]")
+    assert problem == "double takes (capability, index), real (compute_capability, index)"
+
+
+def test_each_overload_of_create_execution_context_is_compared(real, onnx_path, monkeypatch):
+    def with_config(self, config=None):  # the real overload's parameter is runtime_config
+        return None
+
+    monkeypatch.setattr(OnnxRuntimeStandInEngine, "create_execution_context",
+                        Overloaded(OnnxRuntimeStandInEngine._context_with_strategy, rtx_only(with_config)))
+    OnnxRuntimeStandInEngine.create_execution_context.__set_name__(OnnxRuntimeStandInEngine, "create_execution_context")
+    problem = unexplained(compare(rtx(), real, onnx_path)).get("ICudaEngine.create_execution_context [signature]")
+    assert problem.startswith("double takes (config=...), real (strategy=...) | (runtime_config=...)")
+    assert "ICudaEngine.create_execution_context [signature]" not in unexplained(compare(eleven(), real, onnx_path))
+
+
+def test_rtx_behaviour_unlike_tensorrt_rtx_is_caught(real, real_objects, onnx_path, monkeypatch):
+    from doubles.fake_tensorrt import FakeRuntime
+
+    def lenient(self, compute_capability, index):  # CURRENT accepted beside other targets
+        if 0 <= index < len(self._compute_capabilities):
+            self._compute_capabilities[index] = compute_capability
+        return True
+
+    monkeypatch.setattr(FakeBuilderConfig, "set_compute_capability", lenient)
+    monkeypatch.setattr(FakeRuntime, "get_engine_validity", lambda self, buffer: (self._fake.EngineValidity.VALID, 0))
+    new = unexplained(compare(rtx(), real, onnx_path, real_objects))
+    assert new["RTX set_compute_capability CURRENT beside another [value]"] == (
+        "the double gives (True, True), tensorrt_rtx (False, False)")
+    assert new["RTX get_engine_validity of garbage [value]"] == (
+        "the double gives ('enum:EngineValidity', 'VALID', 'int', 0), tensorrt_rtx ('enum:EngineValidity', "
+        "'INVALID', 'int', 32)")
+

@@ -5,13 +5,21 @@ and writes host memory standing in for device memory, so the backend's sidecar c
 buffer, copy, threading and cleanup logic runs for real. Nothing here shows that TensorRT engines
 work: tests/test_tensorrt_real.py does, where TensorRT and a GPU exist. The FP16 and INT8 engines
 are built from rexport's own FP16 and trt-target Q/DQ ONNX files (rexport.calibration).
+
+TensorRT for RTX engines (the last section) run against the double's RTX surface (`rtx` fixture:
+`tensorrt_rtx` on an 8.9 GPU, TensorRT hidden): the sidecar check, the plan header check
+(get_engine_validity), the runtime cache beside the engine (its JIT counts what it compiles, so a
+second process can be shown to reuse the cache) and an engine of the flavour that is not installed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import shutil
+import tempfile
 import threading
 
 import numpy as np
@@ -20,12 +28,13 @@ import pytest
 
 from helpers import env_without
 from doubles.fake_cuda import FakeCudaRuntime, hide_cuda, install_fake_cuda
-from doubles.fake_tensorrt import SURFACES, hide_tensorrt
-from doubles.fixtures import make_trt, tiny, tiny_models, trt  # noqa: F401 - fixtures
-from rexport.errors import CompatibilityError, InputError, RexportError
+from doubles.fake_tensorrt import (RUNTIME_CACHE_MAGIC, SURFACES, FakeRuntimeCache, FakeTensorRT, hide_tensorrt,
+                                   rewrite_plan_header)
+from doubles.fixtures import make_trt, rtx, tiny, tiny_models, trt  # noqa: F401 - fixtures
+from rexport.errors import CompatibilityError, InputError, MissingDependency, RexportError
 from rexport.exporter.tensorrt import BuildConfig, build_engine
-from rexport.runtime import cuda
-from rexport.runtime.backends.tensorrt import TensorRTBackend
+from rexport.runtime import cuda, load
+from rexport.runtime.backends.tensorrt import TensorRTBackend, runtime_cache_path
 from rexport.runtime.engine_sidecar import FORMAT, EngineSidecar, sidecar_path
 from rexport.runtime.trt_compat import inspect_environment
 
@@ -254,3 +263,261 @@ def test_doctor_cli_names_what_is_missing(run_cli, tmp_path):
     assert "unknown: needs TensorRT" in lines["DLA"]
     as_json = json.loads(run_cli("doctor", "--json", env=env).stdout)
     assert as_json["TensorRT"]["ok"] is False
+
+
+# -- TensorRT for RTX ----------------------------------------------------------------------------
+
+
+def rtx_engine_for(directory, onnx, name="m.engine", **options):
+    build_engine(onnx, directory / name, BuildConfig(flavour="rtx", validate=False, **options))
+    return directory / name
+
+
+def batches(*sizes: int) -> list[np.ndarray]:
+    return [np.random.default_rng(size).standard_normal((size, 3, 8, 8), dtype=np.float32) for size in sizes]
+
+
+def only_rtx(make_trt, monkeypatch, **kwargs):
+    """A TensorRT for RTX of its own on this machine (another process, as far as the double can tell)."""
+    hide_tensorrt(monkeypatch, rtx=False)
+    return make_trt(flavour="rtx", **kwargs)
+
+
+@pytest.mark.parametrize("variant", ["fp32", "fp16", "int8"])
+def test_an_rtx_engine_runs_through_its_runtime_config_and_equals_onnxruntime(tmp_path, rtx, tiny, variant):
+    onnx = tiny(variant)
+    engine = rtx_engine_for(tmp_path, onnx)
+    with TensorRTBackend(engine) as backend:
+        assert backend.sidecar.flavour == "rtx" and backend._compat.name == "TensorRT for RTX 1.7"
+        assert (rtx.validity_checks, rtx.deserialize_calls) == (1, 1)  # the header check, then the load
+        assert backend.runtime_cache_path == tmp_path / "m.engine.runtime-cache"
+        config = backend._context._runtime_config  # the double's context: made with an IRuntimeConfig
+        assert config is not None and config.get_runtime_cache() is backend._runtime_cache
+        assert backend.device_memory == 1 << 20 and (backend.min_batch, backend.max_batch) == (1, 8)
+        for x in batches(1, 3, 8, 3):
+            np.testing.assert_allclose(backend.run(x), onnxruntime_logits(onnx, x), rtol=1e-6, atol=1e-6)
+    assert (rtx.kernels_compiled, rtx.kernels_reused) == (3, 1)  # batch 3 twice: compiled once
+
+
+def test_load_runs_an_rtx_engine_and_a_bundle_that_holds_one(tmp_path, rtx, tiny, demo_bundle):
+    onnx = tiny()
+    x = batches(5)[0]
+    with load(rtx_engine_for(tmp_path, onnx)) as model:
+        assert model.backend.name == "tensorrt" and model.info.arch == "tiny"
+        np.testing.assert_allclose(model.run(x), onnxruntime_logits(onnx, x), rtol=1e-6, atol=1e-6)
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(demo_bundle, bundle)
+    result = build_engine(bundle, None, BuildConfig(precision="fp16", val_data="demo:test", val_samples=16))
+    assert result.sidecar.flavour == "rtx" and result.validation.passed  # built for this GPU and checked on it
+    images = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    with load(bundle, model="engine") as engine, load(bundle) as fp32:
+        assert engine.info.precision == "fp16"
+        assert (engine.run(images).argmax(1) == fp32.run(images).argmax(1)).all()
+        assert engine.selftest().passed
+    cache = runtime_cache_path(bundle / "demo.fp16.engine")
+    assert cache.is_file()  # kept beside the engine, in the bundle directory
+    compiled = rtx.kernels_compiled
+    with load(bundle, model="engine") as again:  # the bundle still verifies with the cache beside its files
+        again.run(images)
+        again.selftest()
+    assert rtx.kernels_compiled == compiled and rtx.runtime_cache_loads == 1  # the first load wrote it
+
+
+def test_the_runtime_cache_is_saved_after_the_first_run_and_a_second_process_reuses_it(tmp_path, make_trt,
+                                                                                       monkeypatch, tiny, caplog):
+    first = only_rtx(make_trt, monkeypatch)
+    onnx = tiny()
+    engine = rtx_engine_for(tmp_path, onnx)
+    cache = runtime_cache_path(engine)
+    two, five = batches(2, 5)
+    backend = TensorRTBackend(engine)
+    assert not cache.exists()  # nothing compiled yet
+    backend.run(two)
+    assert cache.read_bytes().startswith(RUNTIME_CACHE_MAGIC) and first.kernels_compiled == 1
+    after_first_run = cache.read_bytes()
+    backend.run(two)
+    backend.run(five)
+    assert first.kernels_compiled == 2 and cache.read_bytes() == after_first_run  # saved once, not per run
+    backend.close()
+    assert cache.read_bytes() != after_first_run  # close() saved the kernels compiled since
+
+    second = only_rtx(make_trt, monkeypatch)  # a fresh TensorRT for RTX: nothing compiled in memory
+    with caplog.at_level("INFO", logger="rexport"), TensorRTBackend(engine) as again:
+        for x in (five, two):
+            np.testing.assert_allclose(again.run(x), onnxruntime_logits(onnx, x), rtol=1e-6, atol=1e-6)
+    assert (second.runtime_cache_loads, second.kernels_compiled, second.kernels_reused) == (1, 0, 2)
+    assert f"using the runtime cache {cache}" in caplog.text
+
+    third = only_rtx(make_trt, monkeypatch)  # the test can fail: without the cache the kernels are compiled again
+    with TensorRTBackend(engine, runtime_cache=False) as without:
+        without.run(two)
+    assert (third.runtime_cache_loads, third.kernels_compiled) == (0, 1)
+
+
+def test_runtime_cache_false_writes_nothing_and_a_path_keeps_it_there(tmp_path, rtx, tiny):
+    engine = rtx_engine_for(tmp_path, tiny())
+    (two,) = batches(2)
+    with TensorRTBackend(engine, runtime_cache=False) as backend:
+        assert backend.runtime_cache_path is None and backend._context._runtime_config is None
+        backend.run(two)
+    assert backend.save_runtime_cache() is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "m.onnx"]
+    elsewhere = tmp_path / "caches" / "m.cache"
+    elsewhere.parent.mkdir()
+    with TensorRTBackend(engine, runtime_cache=str(elsewhere)) as backend:
+        backend.run(two)
+    assert elsewhere.read_bytes().startswith(RUNTIME_CACHE_MAGIC) and not runtime_cache_path(engine).exists()
+
+
+def foreign_runtime_cache() -> bytes:
+    """A runtime cache written by the same release on another GPU of the same compute capability."""
+    other = FakeRuntimeCache(FakeTensorRT.surface("rtx", cuda=FakeCudaRuntime("NVIDIA RTX 4080 (test double)", (8, 9))))
+    other._kernels["elsewhere"] = "kernels compiled for another SKU"
+    return bytes(other.serialize())
+
+
+@pytest.mark.parametrize("content", [b"\x00garbage, not a cache", b"", "another GPU's"])
+def test_an_unusable_runtime_cache_is_warned_about_and_replaced(tmp_path, rtx, tiny, caplog, content):
+    engine = rtx_engine_for(tmp_path, tiny())
+    cache = runtime_cache_path(engine)
+    cache.write_bytes(foreign_runtime_cache() if content == "another GPU's" else content)
+    with caplog.at_level("WARNING", logger="rexport"), TensorRTBackend(engine) as backend:
+        assert caplog.messages == [f"warning: {cache} is not a runtime cache this TensorRT for RTX can use; it will "
+                                   "be replaced"]
+        backend.run(batches(2)[0])
+    assert rtx.runtime_cache_loads == 0 and rtx.kernels_compiled == 1
+    replaced = cache.read_bytes()
+    assert replaced.startswith(RUNTIME_CACHE_MAGIC) and b"elsewhere" not in replaced
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rexport"), TensorRTBackend(engine) as backend:
+        backend.run(batches(2)[0])
+    assert caplog.messages == [] and rtx.runtime_cache_loads == 1 and rtx.kernels_compiled == 1
+
+
+def test_an_unwritable_cache_location_warns_once_and_inference_still_works(tmp_path, rtx, tiny, caplog, monkeypatch):
+    onnx = tiny()
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    engine = rtx_engine_for(folder, onnx)
+    folder.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: give it the refusal an ordinary user gets from a read-only folder
+        mkstemp = tempfile.mkstemp
+
+        def refuse(*args, dir=None, **kwargs):  # noqa: A002 - tempfile's name
+            if dir is not None and os.path.samefile(dir, folder):
+                raise PermissionError(13, "Permission denied", str(folder))
+            return mkstemp(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    try:
+        with caplog.at_level("WARNING", logger="rexport"), TensorRTBackend(engine) as backend:
+            for x in batches(2, 2, 4):
+                np.testing.assert_allclose(backend.run(x), onnxruntime_logits(onnx, x), rtol=1e-6, atol=1e-6)
+    finally:
+        folder.chmod(0o755)
+    assert len(caplog.messages) == 1  # after the first run; close() does not try again
+    assert caplog.messages[0].startswith(f"warning: could not save the runtime cache {runtime_cache_path(engine)} (")
+    assert caplog.messages[0].endswith("); kernels will be compiled again next time")
+    assert not runtime_cache_path(engine).exists() and rtx.kernels_compiled == 2
+
+
+@pytest.mark.parametrize("targets, gpu, loads", [
+    ("8.6,12.0", (8, 9), False),
+    (None, (8, 9), True),  # built without a GPU for 8.6, 8.9 and 12.0
+    (None, (7, 5), False),
+    (None, (9, 0), False),  # a Hopper GPU: no TensorRT for RTX engine runs there
+])
+def test_the_sidecar_refuses_a_gpu_outside_the_targets_before_deserializing(tmp_path, make_trt, monkeypatch, tiny,
+                                                                           targets, gpu, loads):
+    only_rtx(make_trt, monkeypatch, **({} if targets else {"device_count": 0}))
+    engine = rtx_engine_for(tmp_path, tiny(), precision="fp16", compute_capabilities=targets or ())
+    here = only_rtx(make_trt, monkeypatch, compute_capability=gpu, gpu_name="NVIDIA RTX (test double)")
+    if loads:
+        with TensorRTBackend(engine) as backend:
+            assert backend.run(batches(1)[0]).shape == (1, 5)
+        return
+    with pytest.raises(CompatibilityError) as err:
+        TensorRTBackend(engine)
+    described = "8.6, 12.0" if targets else "8.6, 8.9, 12.0"
+    article = "an" if gpu[0] == 8 else "a"
+    assert str(err.value) == (f"m.engine was built with TensorRT for RTX 1.7.1.116 for compute capabilities "
+                              f"{described}; this machine has TensorRT for RTX 1.7.1.116 and {article} "
+                              f"{gpu[0]}.{gpu[1]} GPU (NVIDIA RTX (test double)): rebuild with "
+                              "`rexport trt m.onnx -o m.engine --fp16` here")  # no --rtx, no --compute-capability
+    assert (here.validity_checks, here.deserialize_calls) == (0, 0)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ({"version": "1.7.0.50"}, "version mismatch"),
+    ({"targets": [[12, 0]]}, "unsupported cc"),
+    ({"version": "1.6.0.15", "targets": [[7, 5]]}, "version mismatch, unsupported cc"),
+    ({"flavour": "tensorrt"}, "malformed engine"),
+    (b"not a plan at all", "malformed engine"),
+])
+def test_a_plan_the_header_check_rejects_is_never_deserialized(tmp_path, rtx, tiny, damage, reason):
+    engine = rtx_engine_for(tmp_path, tiny())  # for the GPU here, by the sidecar
+    if isinstance(damage, bytes):
+        engine.write_bytes(damage)
+    else:
+        rewrite_plan_header(engine, **damage)
+    with pytest.raises(CompatibilityError) as err:
+        TensorRTBackend(engine)
+    assert str(err.value) == (f"TensorRT for RTX 1.7 cannot load m.engine on this machine ({reason}); rebuild it "
+                              "with `rexport trt m.onnx -o m.engine --rtx` here")
+    assert (rtx.validity_checks, rtx.deserialize_calls) == (1, 0)
+    assert rtx.cuda.allocations == {} and rtx.cuda.streams == {}
+
+
+def test_an_rtx_engine_where_only_tensorrt_is_installed(tmp_path, make_trt, monkeypatch, tiny):
+    only_rtx(make_trt, monkeypatch)
+    engine = rtx_engine_for(tmp_path, tiny(), precision="fp16")
+    hide_tensorrt(monkeypatch, tensorrt=False)  # TensorRT for RTX is gone; TensorRT 11 is here
+    here = make_trt(SURFACES["11.x"], compute_capability=(8, 9))
+    message = ("m.engine was built with TensorRT for RTX 1.7 for compute capability 8.9 (FakeGPU (test double)), but "
+               "this machine has TensorRT 11.1 and not TensorRT for RTX: pip install 'rexport[rtx]' (builds engines "
+               "for RTX GPUs, even on a machine without a GPU), or rebuild it here with "
+               "`rexport trt m.onnx -o m.engine --fp16`")
+    for open_engine in (TensorRTBackend, load):
+        with pytest.raises(CompatibilityError) as err:
+            open_engine(engine)
+        assert str(err.value) == message
+    assert here.deserialize_calls == 0
+
+
+def test_a_tensorrt_engine_where_only_tensorrt_for_rtx_is_installed(tmp_path, make_trt, monkeypatch, tiny):
+    make_trt(SURFACES["10.x"])
+    engine = engine_for(tmp_path, tiny())
+    here = only_rtx(make_trt, monkeypatch)
+    with pytest.raises(CompatibilityError) as err:
+        TensorRTBackend(engine)
+    assert str(err.value) == ("m.engine was built with TensorRT 10.3 for compute capability 8.7 (FakeGPU (test "
+                              "double)), but this machine has TensorRT for RTX 1.7 and not TensorRT: pip install "
+                              "'rexport[trt]' on a machine with NVIDIA drivers, or rebuild it here with "
+                              "`rexport trt m.onnx -o m.engine`")
+    assert here.deserialize_calls == 0 and here.validity_checks == 0
+    hide_tensorrt(monkeypatch)  # neither: the missing one, named with its extra
+    with pytest.raises(MissingDependency, match="^tensorrt is needed to run TensorRT engines but is not installed"):
+        TensorRTBackend(engine)
+    rtx_engine = tmp_path / "rtx.engine"
+    shutil.copyfile(engine, rtx_engine)
+    side = json.loads(sidecar_path(engine).read_text())
+    sidecar_path(rtx_engine).write_text(json.dumps({**side, "flavour": "rtx", "tensorrt_version": "1.7.1.116"}))
+    with pytest.raises(MissingDependency, match="^tensorrt_rtx is needed to run TensorRT engines but is not "
+                                                "installed; run: pip install 'rexport\\[rtx\\]'"):
+        TensorRTBackend(rtx_engine)
+
+
+def test_doctor_says_whether_this_gpu_runs_tensorrt_for_rtx_engines(make_trt, monkeypatch):
+    only_rtx(make_trt, monkeypatch)
+    report = inspect_environment()
+    assert report.get("TensorRT for RTX").ok
+    assert report.get("TensorRT for RTX").detail == ("1.7.1.116; builds for compute capability 7.5, 8.0, 8.6, 8.9, "
+                                                     "12.0, 12.1, with or without a GPU")
+    target = report.get("RTX target")
+    assert target.ok and target.detail == "this GPU (8.9) runs TensorRT for RTX 1.7 engines"
+    assert not report.get("TensorRT").ok
+    only_rtx(make_trt, monkeypatch, compute_capability=(9, 0))
+    target = inspect_environment().get("RTX target")
+    assert not target.ok and target.detail == "this GPU (9.0) cannot run TensorRT for RTX 1.7 engines"
+

@@ -65,7 +65,7 @@ class TensorRTBackend(Backend):
         self._buffers: dict[str, cuda.DeviceBuffer] = {}
         self._stream: cuda.Stream | None = None
         self._context = self._engine = self._runtime = self._runtime_cache = None
-        self._cache_saved_at = -1
+        self._cache_saved_at = 0  # runs when the cache was last saved: nothing to save before the first
         self.runs = 0
         self.path = Path(engine)
         if not self.path.is_file():

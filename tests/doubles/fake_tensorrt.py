@@ -4,7 +4,7 @@ TensorRT for RTX 1.x (`tensorrt_rtx`, flavour="rtx").
 It is NOT TensorRT and no proof that engines build or run: no kernels are chosen, nothing
 touches a GPU. What it does:
 
-- exposes the two API surfaces rexport uses, as documented (TENSORRT.md; NVIDIA's Python API
+- exposes the two API surfaces rexport uses, as documented (NVIDIA's TensorRT Python API
   and 10.x -> 11.x migration pages), and raises AttributeError exactly where a real version
   removed an API. On 11.x: BuilderFlag.FP16/INT8/BF16/OBEY_PRECISION_CONSTRAINTS (and the
   other precision flags), NetworkDefinitionCreationFlag.EXPLICIT_BATCH, the IInt8 calibrators,
@@ -763,7 +763,12 @@ class FakeBuilder(Surface):
                 return False
             return True
         tensor = network.inputs[0]
-        cal_profile = config.calibration_profile or (config.profiles[0] if config.profiles else None)
+        cal_profile = config.calibration_profile
+        if cal_profile is None and any(int(d) < 0 for d in tensor.shape):
+            # IBuilderConfig::setCalibrationProfile: "must be set if int8 calibration is used to set scales
+            # for a network with runtime dimensions" (a profile with min == opt == max included)
+            self._error("Calibration profile must be set for a network with runtime dimensions", record)
+            return False
         shape = cal_profile.shapes[tensor.name][1] if cal_profile is not None else tensor.shape
         record.calibration_profile = dict(cal_profile.shapes) if cal_profile is not None else None
         calibrator.get_batch_size()

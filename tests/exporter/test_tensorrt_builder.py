@@ -508,6 +508,21 @@ def test_the_double_removes_exactly_what_each_version_removed(surface, make_trt)
 # -- the legacy calibrator (TensorRT 10.x) --------------------------------------------------------
 
 
+def test_legacy_calibrator_sets_a_calibration_profile_for_any_runtime_dimension(tmp_path, make_trt, tiny,
+                                                                               tiny_data):
+    """TensorRT needs the calibration profile whenever the network has runtime dimensions, even when
+    the build profile pins the batch (min == opt == max); a static network needs none."""
+    trt = make_trt(SURFACES["10.x"])
+    build(tmp_path, tiny(), precision="int8", legacy_calibrator=True, calib_data=str(tiny_data), calib_samples=8,
+          batch="4:4:4")
+    assert trt.builds[-1].calibration_profile == {"input": ((4, 3, 8, 8),) * 3}
+    static = tiny(name="static.onnx", static_batch=2)
+    build(tmp_path, static, precision="int8", legacy_calibrator=True, calib_data=str(tiny_data), calib_samples=8,
+          output="static.engine")
+    assert trt.builds[-1].calibration_profile is None and trt.builds[-1].result == "built"
+    assert len(trt.builds[-1].calibration_batches) == 8 // 2
+
+
 def test_legacy_calibrator_feeds_batches_and_writes_the_cache(tmp_path, make_trt, tiny, tiny_data, pipeline):
     trt = make_trt(SURFACES["10.x"])
     cache = tmp_path / "calib.cache"

@@ -324,6 +324,13 @@ def test_load_runs_an_rtx_engine_and_a_bundle_that_holds_one(tmp_path, rtx, tiny
     assert rtx.kernels_compiled == compiled and rtx.runtime_cache_loads == 1  # the first load wrote it
 
 
+def test_a_backend_that_never_ran_writes_no_runtime_cache(tmp_path, make_trt, monkeypatch, tiny):
+    only_rtx(make_trt, monkeypatch)
+    engine = rtx_engine_for(tmp_path, tiny())
+    TensorRTBackend(engine).close()
+    assert not runtime_cache_path(engine).exists()
+
+
 def test_the_runtime_cache_is_saved_after_the_first_run_and_a_second_process_reuses_it(tmp_path, make_trt,
                                                                                        monkeypatch, tiny, caplog):
     first = only_rtx(make_trt, monkeypatch)

@@ -34,23 +34,8 @@ class Logger:
         self.logger = Collecting()
 
 
-def built(fake: FakeTensorRT, tmp_path):
-    """(builder, config, engine) for the tiny classifier, built and loaded by the double."""
-    logger = Logger(fake).logger
-    builder = fake.Builder(logger)
-    network = builder.create_network(0)
-    assert fake.OnnxParser(network, logger).parse_from_file(str(write_tiny_classifier(tmp_path / "m.onnx")))
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape("input", (1, 3, 8, 8), (4, 3, 8, 8), (8, 3, 8, 8))
-    config.add_optimization_profile(profile)
-    engine = fake.Runtime(logger).deserialize_cuda_engine(builder.build_serialized_network(network, config))
-    assert engine is not None
-    return builder, config, engine
-
-
-def rtx_plan(fake: FakeTensorRT, tmp_path, *targets: str, logger=None) -> bytes | None:
-    """A TensorRT for RTX plan of the tiny classifier for these ComputeCapability members (none: unset)."""
+def configured(fake: FakeTensorRT, tmp_path, logger=None):
+    """(logger, builder, network, config) for the tiny classifier, parsed, with its batch profile."""
     logger = logger or Logger(fake).logger
     builder = fake.Builder(logger)
     network = builder.create_network(0)
@@ -59,6 +44,20 @@ def rtx_plan(fake: FakeTensorRT, tmp_path, *targets: str, logger=None) -> bytes 
     profile = builder.create_optimization_profile()
     profile.set_shape("input", (1, 3, 8, 8), (4, 3, 8, 8), (8, 3, 8, 8))
     config.add_optimization_profile(profile)
+    return logger, builder, network, config
+
+
+def built(fake: FakeTensorRT, tmp_path):
+    """(builder, config, engine) for the tiny classifier, built and loaded by the double."""
+    logger, builder, network, config = configured(fake, tmp_path)
+    engine = fake.Runtime(logger).deserialize_cuda_engine(builder.build_serialized_network(network, config))
+    assert engine is not None
+    return builder, config, engine
+
+
+def rtx_plan(fake: FakeTensorRT, tmp_path, *targets: str, logger=None) -> bytes | None:
+    """A TensorRT for RTX plan of the tiny classifier for these ComputeCapability members (none: unset)."""
+    logger, builder, network, config = configured(fake, tmp_path, logger)
     config.num_compute_capabilities = len(targets)
     for i, target in enumerate(targets):
         assert config.set_compute_capability(getattr(fake.ComputeCapability, target), i)
@@ -411,14 +410,7 @@ def test_rtx_lacks_what_tensorrt_11_removed_and_has_no_dla_cores():
 
 def test_rtx_timing_cache_calls_are_no_ops_that_warn(tmp_path):
     fake = rtx_fake()
-    logger = Logger(fake).logger
-    builder = fake.Builder(logger)
-    network = builder.create_network(0)
-    assert fake.OnnxParser(network, logger).parse_from_file(str(write_tiny_classifier(tmp_path / "m.onnx")))
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape("input", (1, 3, 8, 8), (4, 3, 8, 8), (8, 3, 8, 8))
-    config.add_optimization_profile(profile)
+    logger, builder, network, config = configured(fake, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cache = config.create_timing_cache(b"")  # the one timing-cache call that does not warn

@@ -39,7 +39,8 @@ class InspectReport:
             if i.calibration:
                 c = i.calibration
                 weights = {True: ", weights in [-64, 64] (reduce_range)",
-                           False: ", weights in [-127, 127] (exact only on CPUs with VNNI)"}.get(c.get("reduce_range"), "")
+                           False: ", weights in [-127, 127] (exact only on CPUs with VNNI)"}.get(
+                    c.get("reduce_range"), "") if c.get("target") == "cpu" else ""
                 out.append(f"  calibration: {c.get('method')} for {c.get('target')} on {c.get('samples')} samples "
                            f"from {c.get('data')}{weights}")
         if self.io:

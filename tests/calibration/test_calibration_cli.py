@@ -36,6 +36,11 @@ def test_no_reduce_range_keeps_full_range_cpu_weights(run_cli, tmp_path, demo_fp
     weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == 127
     assert '"reduce_range": false' in {p.key: p.value for p in model.metadata_props}["calibration"]
+    shown = run_cli("inspect", "full.onnx")
+    assert "for cpu on 64 samples" in shown.stdout and "weights in [-127, 127] (exact only on CPUs with VNNI)" in shown.stdout
+    trt = run_cli("calibrate", demo_fp32, "--data", "demo:train", "--samples", "64", "-o", "trt.onnx")
+    assert trt.exit_code == 0, trt
+    assert "weights in" not in run_cli("inspect", "trt.onnx").stdout  # the trt target has one weight range
 
 
 def test_fp16_and_validate(run_cli, tmp_path, demo_fp32):

@@ -58,7 +58,19 @@ class _Runtime:
             except RuntimeError as e:  # "Failed to dlopen libcuda.so.1": no driver behind cuda-python
                 raise no_driver(f"cuda-python cannot use the NVIDIA driver: {name} raised {e}") from e
 
+        self.__dict__[name] = call  # wrapped once: copies run on every inference
         return call
+
+
+_wrapped: _Runtime | None = None
+
+
+def _wrap(module: Any) -> _Runtime:
+    """One wrapper per cuda-python module (a test double swapping the module gets a new one)."""
+    global _wrapped
+    if _wrapped is None or _wrapped._module is not module:
+        _wrapped = _Runtime(module)
+    return _wrapped
 
 
 def cudart() -> Any:
@@ -67,13 +79,13 @@ def cudart() -> Any:
     try:
         from cuda.bindings import runtime
 
-        return _Runtime(runtime)
+        return _wrap(runtime)
     except ImportError:
         pass
     try:
         from cuda import cudart as runtime  # cuda-python < 12.6
 
-        return _Runtime(runtime)
+        return _wrap(runtime)
     except ImportError:
         raise MissingDependency(f"cuda-python is needed to run TensorRT engines but is not installed; "
                                 f"{INSTALL_HINT}") from None

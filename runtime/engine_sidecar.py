@@ -89,16 +89,10 @@ class EngineSidecar:
         """The rebuild command without what pins the engine elsewhere (--rtx, --compute-capability):
         run on the target machine, it builds for the TensorRT and the GPU there."""
         words = shlex.split(self.rebuild_command or "rexport trt MODEL.onnx")
-        out = []
-        skip = False
-        for word in words:
-            if skip or word == "--rtx":
-                skip = False
-                continue
-            skip = word == "--compute-capability"
-            if not skip:
-                out.append(word)
-        return shlex.join(out)
+        if "--compute-capability" in words:
+            at = words.index("--compute-capability")
+            del words[at:at + 2]
+        return shlex.join(w for w in words if w != "--rtx")
 
     def check_compatible(self, engine: str | os.PathLike, trt_version: str | TrtVersion,
                          compute_capability: tuple[int, int], gpu_name: str = "") -> None:

@@ -86,14 +86,14 @@ class TensorRTBackend(Backend):
         if self.sidecar.version_compatible:
             self._runtime.engine_host_code_allowed = True  # version-compatible plans carry their own code
         plan = self.path.read_bytes()
+        rebuild = f"rebuild it with `{self.sidecar.rebuild_command or 'rexport trt MODEL.onnx'}` here"
         invalid = compat.engine_invalidity(self._runtime, plan)
         if invalid is not None:
-            raise CompatibilityError(f"{compat.name} cannot load {self.path.name} on this machine ({invalid}); "
-                                     f"rebuild it with `{self.sidecar.rebuild_command or 'rexport trt MODEL.onnx'}` here")
+            raise CompatibilityError(f"{compat.name} cannot load {self.path.name} on this machine ({invalid}); {rebuild}")
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
-            raise CompatibilityError(f"TensorRT could not load {self.path.name} ({self._logger.explain()}); rebuild "
-                                     f"it with `{self.sidecar.rebuild_command or 'rexport trt MODEL.onnx'}` here")
+            raise CompatibilityError(f"{compat.name} could not load {self.path.name} ({self._logger.explain()}); "
+                                     f"{rebuild}")
         self._discover_io(trt)
         self.runtime_cache_path = None
         if runtime_cache and compat.runtime_cache_supported():

@@ -1,11 +1,13 @@
 """The accuracy budget: keep the layers that cost accuracy in float until the INT8 model meets it.
 
-1. Score every quantized Conv/Gemm alone: quantize only that layer and measure how far the
-   logits move from FP32 on the validation data (mean squared error, normalised by the FP32
-   logits' variance): a continuous score that ranks layers even when accuracy barely moves.
-2. Keep layers in float, worst first, until the budget holds: top-1 accuracy no more than
-   `max_top1_drop` points below FP32 (needs labels), and/or top-1 agreement with FP32 of at
-   least `min_agreement`.
+1. For every quantized Conv/Gemm, put that layer alone back in float and measure what the INT8
+   model gains on the validation data (held out from calibration by default): top-1 agreement
+   with FP32, and how much closer its logits come (mean squared error, normalised by the FP32
+   logits' variance; continuous, so it ranks layers even when agreement barely moves).
+2. Keep layers in float, best gain per MAC kept in float first (agreement, then logit error),
+   until the budget holds: top-1 accuracy no more than `max_top1_drop` points below FP32 (needs
+   labels), and/or top-1 agreement with FP32 of at least `min_agreement`. A cheap layer that
+   fixes as much as an expensive one goes first: more of the MACs stay in INT8.
 """
 
 from __future__ import annotations
@@ -80,18 +82,21 @@ def score(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) 
 @dataclass
 class BudgetResult:
     kept: list[str] = field(default_factory=list)  # layers kept in float, in the order they were kept
-    sensitivity: dict[str, float] = field(default_factory=dict)  # layer -> normalised logit MSE alone
+    sensitivity: dict[str, float] = field(default_factory=dict)  # layer -> normalised logit MSE it removes
+    gain: dict[str, float] = field(default_factory=dict)  # layer -> agreement gained in float alone
     steps: list[tuple[int, Score]] = field(default_factory=list)  # (layers kept, score)
 
     def to_dict(self) -> dict:
         return {"kept_float": self.kept,
                 "sensitivity": {k: round(v, 8) for k, v in self.sensitivity.items()},
+                "agreement_gain": {k: round(v, 6) for k, v in self.gain.items()},
                 "steps": [{"kept": n, **s.to_dict()} for n, s in self.steps]}
 
 
 def fit_budget(layers: list[str], evaluate: Callable[[frozenset[str]], np.ndarray], reference: np.ndarray,
-               labels: np.ndarray | None, budget: Budget) -> BudgetResult:
-    """`evaluate(keep_float)` returns the INT8 model's logits with those layers in float."""
+               labels: np.ndarray | None, budget: Budget, macs: dict[str, int] | None = None) -> BudgetResult:
+    """`evaluate(keep_float)` returns the INT8 model's logits with those layers in float; `macs`
+    gives each layer's multiply-accumulates (missing: all cost the same)."""
     if budget.max_top1_drop is not None and labels is None:
         raise InputError("--max-top1-drop needs labelled validation data; give class folders or an .npz with "
                          "labels, or use --min-agreement")
@@ -107,7 +112,9 @@ def fit_budget(layers: list[str], evaluate: Callable[[frozenset[str]], np.ndarra
     for layer in progress(layers, desc="layer sensitivity", unit="layers"):
         logits = evaluate(frozenset({layer}))
         result.sensitivity[layer] = base - float(np.mean((logits - reference) ** 2) / variance)
-    ranked = sorted(layers, key=lambda n: -result.sensitivity[n])
+        result.gain[layer] = score(logits, reference, labels).agreement - current.agreement
+    cost = {n: max(1, (macs or {}).get(n, 1)) for n in layers}
+    ranked = sorted(layers, key=lambda n: (-result.gain[n] / cost[n], -result.sensitivity[n] / cost[n]))
     for layer in ranked:
         result.kept.append(layer)
         current = score(evaluate(frozenset(result.kept)), reference, labels)

@@ -52,6 +52,17 @@ class CalibrationData:
                              "or an agreement floor instead of an accuracy budget")
         return self.labels
 
+    def split(self, count: int, seed: int = 0) -> tuple[CalibrationData, CalibrationData]:
+        """(the rest, `count` samples held out), the held-out ones seeded and class-balanced."""
+        held = set(_pick(len(self), None if self.labels is None else self.labels.tolist(), count, seed + 1))
+        rest = [i for i in range(len(self)) if i not in held]
+        held_idx = sorted(held)
+
+        def part(idx: list[int], source: str) -> CalibrationData:
+            return CalibrationData(self.inputs[idx], None if self.labels is None else self.labels[idx], source,
+                                   self.skipped, self.warnings)
+        return part(rest, self.source), part(held_idx, f"{self.source}, held out from calibration")
+
     def describe(self) -> str:
         text = f"{len(self)} samples from {self.source}" + (" (labelled)" if self.labels is not None else "")
         if self.skipped:

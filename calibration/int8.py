@@ -2,8 +2,10 @@
 
     read the FP32 model and its description (preprocessing, input) from metadata_props
     -> calibration data (data.py) -> activation statistics (stats.py, cached)
-    -> thresholds by method (observers.py) -> Q/DQ for the target (qdq.py)
+    -> thresholds by method (observers.py) -> refinements: ranges by layer output error, GPTQ
+       weight rounding, bias correction (refine.py) -> Q/DQ for the target (qdq.py)
     -> TensorRT rules check (rules.py, trt target) -> score against FP32 on validation data
+       (held out from the calibration data unless given)
     -> accuracy budget: keep the worst layers in float until it holds (budget.py)
     -> census (census.py) -> the INT8 ONNX + (trt target) TensorRT 10 calibration cache
 """
@@ -25,9 +27,14 @@ from rexport.calibration.fp16 import read_model
 from rexport.calibration.observers import METHODS, threshold
 from rexport.calibration.qdq import (SAME_SCALE, TARGETS, QParams, activation_qparams, fold_relus, insert_qdq,
                                      quantizable_nodes, uses_reduce_range)
+from rexport.calibration.refine import REFINEMENTS, refine
 from rexport.calibration.rules import check_trt_rules
 from rexport.calibration.stats import TensorStats, collect_cached
 from rexport.console import fmt_pct, log
+
+HOLDOUT = 256  # samples held out of the calibration data to score on, when no --val-data is given
+MIN_HOLDOUT_POOL = 64  # with fewer samples than this, score on the calibration data (and say so)
+AGREEMENT_FLOOR = 0.90  # below this top-1 agreement with FP32 the report warns
 from rexport.errors import CheckFailed, InputError
 from rexport.files import atomic_output, check_output
 from rexport.onnx_graph import onnx_module, producers
@@ -53,6 +60,7 @@ class QuantizeConfig:
     val_data: str | None = None  # scores and the budget use this; default: the calibration data
     val_samples: int | None = None
     budget: Budget = Budget()
+    refine: tuple[str, ...] = REFINEMENTS  # after calibration: ranges, gptq, bias (refine.py); () for none
     keep_float: tuple[str, ...] = ()
     cache: str | None = None  # TensorRT 10 calibration cache path; default OUTPUT with .cache (trt target)
     trt_version: str = DEFAULT_TRT_VERSION  # for the cache header
@@ -69,6 +77,9 @@ class QuantizeConfig:
         uses_reduce_range(self.target, self.reduce_range)  # refuses reduce_range for TensorRT
         if not 0 < self.percentile <= 100:
             raise InputError(f"--percentile must be in (0, 100], not {self.percentile}")
+        unknown = [r for r in self.refine if r not in REFINEMENTS]
+        if unknown:
+            raise InputError(f"--refine takes {', '.join(REFINEMENTS)}, all or none, not {unknown[0]!r}")
         if self.samples < 1 or self.batch_size < 1:
             raise InputError("--samples and the batch size must be at least 1")
 
@@ -92,6 +103,7 @@ class QuantizeResult:
         return {"output": str(self.path), "calibration_cache": str(self.cache_path) if self.cache_path else None,
                 "method": self.config.method, "target": self.config.target,
                 "reduce_range": uses_reduce_range(self.config.target, self.config.reduce_range),
+                "refine": list(self.config.refine),
                 "calibration_data": self.calibration.describe(), "validation_data": self.validation.describe(),
                 "score": self.score.to_dict(), "census": self.census.to_dict(), "budget": self.budget.to_dict(),
                 "stats_cache_hit": self.stats_cache_hit, "seconds": round(self.seconds, 2), "notes": self.notes}
@@ -99,7 +111,8 @@ class QuantizeResult:
     def format(self) -> str:
         c = self.config
         s = self.score
-        lines = [f"INT8 ({c.target} target, {c.method}{_weights_note(c)}) -> {self.path} "
+        lines = [f"INT8 ({c.target} target, {c.method}{_weights_note(c)}, refine: {', '.join(c.refine) or 'none'})"
+                 f" -> {self.path} "
                  f"({self.path.stat().st_size / 1e6:.1f} MB, "
                  f"{self.seconds:.1f}s)",
                  f"  calibrated on {self.calibration.describe()}" +
@@ -139,6 +152,19 @@ def activation_params(model, stats: dict[str, TensorStats], method: str, target:
     return params
 
 
+def _held_out(config: QuantizeConfig, info: ModelInfo, pre, notes: list[str]):
+    """Calibration data and held-out scoring data from one source (HOLDOUT samples set aside)."""
+    wanted = config.val_samples or HOLDOUT
+    pool = load_calibration_data(config.data, info, samples=config.samples + wanted, seed=config.seed,
+                                 preprocess=pre)
+    if len(pool) < MIN_HOLDOUT_POOL:
+        notes.append(f"scored on the calibration data itself ({len(pool)} samples, too few to hold any out): "
+                     "the agreement is optimistic; pass --val-data with other images")
+        return pool, pool
+    hold = min(wanted, len(pool) // 4) if len(pool) < config.samples + wanted else wanted
+    return pool.split(hold, config.seed)
+
+
 def _logits(model_bytes: bytes, inputs: np.ndarray) -> np.ndarray:
     return OnnxRuntimeBackend(model_bytes, providers=["CPUExecutionProvider"]).run_batched(inputs, 64)
 
@@ -155,15 +181,16 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
     if info.precision != "fp32":
         raise InputError(f"{onnx_path} is {info.precision}; calibrate the FP32 export instead")
     pre = config.preprocess.apply(info.preprocess) if config.preprocess else info.preprocess
-    calib = load_calibration_data(config.data, info, samples=config.samples, seed=config.seed, preprocess=pre)
-    val = calib if config.val_data is None else load_calibration_data(
-        config.val_data, info, samples=config.val_samples, seed=config.seed, preprocess=pre)
     notes = []
+    if config.val_data is None:
+        calib, val = _held_out(config, info, pre, notes)
+    else:
+        calib = load_calibration_data(config.data, info, samples=config.samples, seed=config.seed, preprocess=pre)
+        val = load_calibration_data(config.val_data, info, samples=config.val_samples, seed=config.seed,
+                                    preprocess=pre)
     if config.target == "cpu" and not uses_reduce_range(config.target, config.reduce_range):
         notes.append("weights in [-127, 127] (reduce_range off): x86 CPUs without VNNI saturate int16 sums and "
                      "lose accuracy on this file; run it only on CPUs with VNNI")
-    if config.val_data is None and config.budget.active:
-        notes.append("the budget was checked on the calibration data; pass --val-data for held-out data")
 
     model_bytes = Path(onnx_path).read_bytes()
     stats, cache_hit = collect_cached(model, model_bytes, calib.inputs, calib.sha256, config.batch_size,
@@ -175,14 +202,25 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
     params = activation_params(work, stats, config.method, config.target, config.percentile)
     layers = [n.name for n in quantizable_nodes(work) if n.name not in config.keep_float]
     requested = frozenset(config.keep_float)
+    refined = refine(model, params, stats, calib.inputs, target=config.target, reduce_range=config.reduce_range,
+                     refinements=config.refine, keep_float=set(requested), batch_size=config.batch_size,
+                     seed=config.seed)
+    params = refined.params
 
     def build(keep: frozenset[str]):
-        return insert_qdq(work, params, config.target, requested | keep, config.reduce_range)
+        return insert_qdq(work, params, config.target, requested | keep, config.reduce_range, refined.rounded,
+                          {n: b for n, b in refined.bias_shift.items() if n not in keep})
 
     reference = _logits(model_bytes, val.inputs)
     budget = fit_budget(layers, lambda keep: _logits(build(keep).SerializeToString(), val.inputs), reference,
-                        val.labels, config.budget)
+                        val.labels, config.budget, census(work).macs)
     final_score = budget.steps[-1][1]
+    if final_score.agreement < AGREEMENT_FLOOR:
+        warning = (f"INT8 agrees with FP32 on only {fmt_pct(final_score.agreement)} of {val.describe()}: check "
+                   "that the calibration data looks like the model's real inputs and is preprocessed the same "
+                   "way (--mean/--std/--resize), or keep sensitive layers in float (--min-agreement)")
+        log.warning("warning: %s", warning)
+        notes.append(warning)
     if config.budget.active and not final_score.meets(config.budget):
         raise CheckFailed(f"the INT8 model misses the budget ({config.budget.describe()}) even with "
                           f"{len(budget.kept)} layer(s) in float; check the calibration data and preprocessing")
@@ -198,7 +236,7 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
                      "check the calibration data and preprocessing")
     info = info.replace(precision="int8", calibration={
         "method": config.method, "target": config.target,
-        "reduce_range": uses_reduce_range(config.target, config.reduce_range),
+        "reduce_range": uses_reduce_range(config.target, config.reduce_range), "refine": list(config.refine),
         "percentile": config.percentile if config.method == "percentile" else None,
         "samples": len(calib), "data": calib.source, "data_sha256": calib.sha256,
         "census": counts.to_dict(), "score": final_score.to_dict(),

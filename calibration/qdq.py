@@ -59,6 +59,24 @@ def activation_qparams(lo: float, hi: float, target: str, threshold: float) -> Q
     return QParams(scale, int(np.clip(round(-lo / scale), 0, 255)), "uint8")
 
 
+def fake_quant(x: np.ndarray, q: QParams) -> np.ndarray:
+    """Quantize then dequantize, as ONNX's QuantizeLinear / DequantizeLinear pair computes it."""
+    lo, hi = (-128, 127) if q.dtype == "int8" else (0, 255)
+    return ((np.clip(np.round(x / np.float32(q.scale)) + q.zero_point, lo, hi) - q.zero_point)
+            * np.float32(q.scale)).astype(np.float32)
+
+
+def weight_scales(w: np.ndarray, axis: int, qmax: int) -> np.ndarray:
+    """Per-output-channel symmetric scales: each channel's max |w| maps to qmax."""
+    scales = (np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1) / qmax).astype(np.float32)
+    scales[scales == 0] = 1e-8
+    return scales
+
+
+def weight_qmax(target: str, reduce_range: bool | None = None) -> int:
+    return REDUCED_WEIGHT_QMAX if uses_reduce_range(target, reduce_range) else WEIGHT_QMAX
+
+
 def uses_reduce_range(target: str, reduce_range: bool | None = None) -> bool:
     """Whether the target's weights use the reduced range [-64, 64]: by default for the cpu
     target (exact on x86 CPUs with or without VNNI), never for TensorRT (no int16 saturation)."""
@@ -176,14 +194,15 @@ class _Builder:
         self.dequantized[tensor] = f"{tensor}_dequantized"
         return self.dequantized[tensor]
 
-    def weight(self, name: str, w: np.ndarray, axis: int, qmax: int = WEIGHT_QMAX) -> tuple[str, np.ndarray]:
-        """Per-channel symmetric int8 in [-qmax, qmax], stored quantized; returns (dequantized name, scales)."""
-        moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
-        scales = (np.abs(moved).max(axis=1) / qmax).astype(np.float32)
-        scales[scales == 0] = 1e-8
+    def weight(self, name: str, w: np.ndarray, axis: int, qmax: int = WEIGHT_QMAX,
+               rounded: np.ndarray | None = None) -> tuple[str, np.ndarray]:
+        """Per-channel symmetric int8 in [-qmax, qmax], stored quantized; returns (dequantized name, scales).
+        `rounded`: the integers to store (e.g. from GPTQ) instead of round-to-nearest."""
+        scales = weight_scales(w, axis, qmax)
         shape = [1] * w.ndim
         shape[axis] = -1
-        q = np.clip(np.round(w / scales.reshape(shape)), -qmax, qmax).astype(np.int8)
+        q = np.round(w / scales.reshape(shape)) if rounded is None else rounded
+        q = np.clip(q, -qmax, qmax).astype(np.int8)
         self.const(f"{name}_quantized", q)
         self.const(f"{name}_scale", scales)
         self.const(f"{name}_zero_point", np.zeros(len(scales), np.int8))
@@ -205,15 +224,20 @@ class _Builder:
 
 
 def insert_qdq(model, qparams: dict[str, QParams], target: str, keep_float: frozenset[str] = frozenset(),
-               reduce_range: bool | None = None):
+               reduce_range: bool | None = None, rounded: dict[str, np.ndarray] | None = None,
+               bias_shift: dict[str, np.ndarray] | None = None):
     """Return a quantized copy of `model` (already relu-folded for cpu: see `fold_relus`).
 
     `qparams` gives per-tensor activation parameters for every tensor that may be quantized;
-    `reduce_range`: weights in [-64, 64] (None: the target's default, see `uses_reduce_range`)."""
+    `reduce_range`: weights in [-64, 64] (None: the target's default, see `uses_reduce_range`);
+    `rounded`: node name -> integer weights to store instead of round-to-nearest (refine.py);
+    `bias_shift`: node name -> per-output-channel amount added to the bias of that node when it
+    is quantized (bias correction, refine.py)."""
     onnx = onnx_module()
     if target not in TARGETS:
         raise InputError(f"target must be 'trt' (TensorRT) or 'cpu' (ONNX Runtime on CPUs), not {target!r}")
-    qmax = REDUCED_WEIGHT_QMAX if uses_reduce_range(target, reduce_range) else WEIGHT_QMAX
+    qmax = weight_qmax(target, reduce_range)
+    rounded, bias_shift = rounded or {}, bias_shift or {}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         raise InputError(f"INT8 with per-channel weights needs ONNX opset 13 or newer; this model has {opset}: "
@@ -237,7 +261,9 @@ def insert_qdq(model, qparams: dict[str, QParams], target: str, keep_float: froz
         if new_x is None:
             continue
         node.input[0] = new_x
-        node.input[1], scales = b.weight(w, weights[w], weight_axis(node, weights[w]), qmax)
+        node.input[1], scales = b.weight(w, weights[w], weight_axis(node, weights[w]), qmax, rounded.get(node.name))
+        if node.name in bias_shift:
+            _shift_bias(node, b, weights, bias_shift[node.name])
         if target == "cpu" and len(node.input) > 2 and node.input[2] in weights:
             node.input[2] = b.bias(node.input[2], weights[node.input[2]], qparams[x].scale, scales)
 
@@ -266,6 +292,20 @@ def insert_qdq(model, qparams: dict[str, QParams], target: str, keep_float: froz
     _drop_initializers(graph, used)
     topological_sort(graph)
     return out
+
+
+def _shift_bias(node, b: _Builder, weights: dict[str, np.ndarray], shift: np.ndarray) -> None:
+    """Add `shift` to the node's bias under a new name (creating the bias if it has none)."""
+    has_bias = len(node.input) > 2 and node.input[2] in weights
+    bias = weights[node.input[2]] if has_bias else np.zeros(len(shift), np.float32)
+    name = b.const(f"{node.name}_corrected_bias", (bias + shift).astype(np.float32))
+    weights[name] = np.asarray(bias + shift, np.float32)
+    if has_bias:
+        node.input[2] = name
+    else:
+        while len(node.input) < 2:
+            node.input.append("")
+        node.input.append(name)
 
 
 def _cpu_tensors(model, quantized: set[str], keep_float: frozenset[str]) -> set[str]:

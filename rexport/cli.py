@@ -158,9 +158,13 @@ def calibration_options(f):
         click.option("--no-reduce-range", is_flag=True,
                      help="cpu target: weights in [-127, 127] instead of [-64, 64]; exact only on x86 CPUs with "
                           "VNNI (without it, ONNX Runtime's int16 sums saturate)."),
+        click.option("--refine", default="all", show_default=True, metavar="LIST",
+                     help="After calibration: ranges (by layer output error), gptq (weight rounding), bias "
+                          "(bias correction); a comma list, all or none."),
         click.option("--samples", type=int, default=512, show_default=True, help="Calibration samples."),
         click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed."),
-        click.option("--val-data", help="Held-out data for scores and the budget (default: the calibration data)."),
+        click.option("--val-data", help="Held-out data for scores and the budget (default: 256 samples held "
+                                       "out of the calibration data)."),
         click.option("--max-top1-drop", type=float, help="Accuracy budget in top-1 points (needs labels)."),
         click.option("--min-agreement", type=float, help="Budget as a top-1 agreement floor with FP32, 0..1."),
         click.option("--keep-float", multiple=True, metavar="NODE", help="Keep this Conv/Gemm in float (repeatable)."),
@@ -170,12 +174,14 @@ def calibration_options(f):
     return f
 
 
-def quantize_config(data, *, method, percentile, target, no_reduce_range, samples, seed, val_data, max_top1_drop,
-                    min_agreement, keep_float, no_stats_cache, overwrite, preprocess=None, cache=None):
+def quantize_config(data, *, method, percentile, target, no_reduce_range, refine, samples, seed, val_data,
+                    max_top1_drop, min_agreement, keep_float, no_stats_cache, overwrite, preprocess=None, cache=None):
     from rexport.calibration import Budget, QuantizeConfig
+    from rexport.calibration.refine import parse_refinements
 
     return QuantizeConfig(data=data, method=method, percentile=percentile, target=target,
-                          reduce_range=False if no_reduce_range else None, samples=samples,
+                          reduce_range=False if no_reduce_range else None, refine=parse_refinements(refine),
+                          samples=samples,
                           seed=seed, val_data=val_data, budget=Budget(max_top1_drop, min_agreement),
                           keep_float=tuple(keep_float), use_stats_cache=not no_stats_cache, overwrite=overwrite,
                           preprocess=preprocess, cache=cache)
@@ -215,7 +221,8 @@ def sibling(path: str | Path, tag: str) -> Path:
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, exporter, labels, key_map, shortcut,
              unsafe_pickle, mean, std, resize, channels, interpolation, max_pixel_value, images, atol, rtol,
-             no_parity, fp16, int8, calib_data, method, percentile, target, no_reduce_range, samples, seed, val_data,
+             no_parity, fp16, int8, calib_data, method, percentile, target, no_reduce_range, refine, samples, seed,
+             val_data,
              max_top1_drop, min_agreement, keep_float, no_stats_cache, bundle_dir, json_path, force) -> None:
     """Export CHECKPOINT to a verified ONNX file (and FP16 / INT8 versions, and a bundle)."""
     if int8 and not calib_data:
@@ -259,7 +266,7 @@ def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, ex
 
         quantized = quantize(output, sibling(output, "int8"), quantize_config(
             calib_data, method=method, percentile=percentile, target=target, no_reduce_range=no_reduce_range,
-            samples=samples, seed=seed, val_data=val_data, max_top1_drop=max_top1_drop, min_agreement=min_agreement, keep_float=keep_float,
+            refine=refine, samples=samples, seed=seed, val_data=val_data, max_top1_drop=max_top1_drop, min_agreement=min_agreement, keep_float=keep_float,
             no_stats_cache=no_stats_cache, overwrite=force))
         report["int8"] = quantized.to_dict()
         click.echo(quantized.format())
@@ -285,7 +292,7 @@ def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, ex
               help="Also write a bundle of MODEL and the INT8 output with references.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
-def calibrate_cmd(model, data, output, method, percentile, target, no_reduce_range, samples, seed, val_data,
+def calibrate_cmd(model, data, output, method, percentile, target, no_reduce_range, refine, samples, seed, val_data,
                   max_top1_drop,
                   min_agreement, keep_float, no_stats_cache, cache_path, mean, std, resize, channels, interpolation,
                   max_pixel_value, bundle_dir, json_path, force) -> None:
@@ -293,7 +300,8 @@ def calibrate_cmd(model, data, output, method, percentile, target, no_reduce_ran
     from rexport.calibration import quantize
 
     config = quantize_config(
-        data, method=method, percentile=percentile, target=target, no_reduce_range=no_reduce_range, samples=samples,
+        data, method=method, percentile=percentile, target=target, no_reduce_range=no_reduce_range, refine=refine,
+        samples=samples,
         seed=seed, val_data=val_data,
         max_top1_drop=max_top1_drop, min_agreement=min_agreement, keep_float=keep_float,
         no_stats_cache=no_stats_cache, overwrite=force, cache=cache_path,

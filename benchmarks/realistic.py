@@ -106,8 +106,8 @@ class PhotoModel:
 
 PHOTO_MODELS = {m.name: m for m in (
     PhotoModel("photos_resnet20", "resnet20", 32, epochs=8, per_class=300),
-    PhotoModel("photos_resnet56", "resnet56", 32, epochs=8, per_class=200),
-    PhotoModel("photos_resnet18_64", "resnet18", 64, epochs=8, per_class=200),
+    PhotoModel("photos_resnet56", "resnet56", 32, epochs=8, per_class=200, lr=0.05),
+    PhotoModel("photos_resnet18_64", "resnet18", 64, epochs=8, per_class=200, lr=0.05),
 )}
 TASK_NAMES = (*PHOTO_MODELS, "digits_shifted")
 

@@ -52,10 +52,12 @@ class CalibrationData:
                              "or an agreement floor instead of an accuracy budget")
         return self.labels
 
-    def split(self, count: int, seed: int = 0) -> tuple[CalibrationData, CalibrationData]:
-        """(the rest, `count` samples held out), the held-out ones seeded and class-balanced."""
-        held = set(_pick(len(self), None if self.labels is None else self.labels.tolist(), count, seed + 1))
+    def split(self, count: int, seed: int = 0, keep: int | None = None) -> tuple[CalibrationData, CalibrationData]:
+        """(at most `keep` of the rest, `count` samples held out), the held-out ones seeded and class-balanced."""
+        labels = None if self.labels is None else self.labels.tolist()
+        held = set(_pick(len(self), labels, count, seed + 1))
         rest = [i for i in range(len(self)) if i not in held]
+        rest = [rest[j] for j in sorted(_pick(len(rest), labels and [labels[i] for i in rest], keep, seed + 2))]
         held_idx = sorted(held)
 
         def part(idx: list[int], source: str) -> CalibrationData:

@@ -161,8 +161,8 @@ def _held_out(config: QuantizeConfig, info: ModelInfo, pre, notes: list[str]):
         notes.append(f"scored on the calibration data itself ({len(pool)} samples, too few to hold any out): "
                      "the agreement is optimistic; pass --val-data with other images")
         return pool, pool
-    hold = min(wanted, len(pool) // 4) if len(pool) < config.samples + wanted else wanted
-    return pool.split(hold, config.seed)
+    keep = min(config.samples, len(pool) - len(pool) // 4)  # a short pool still scores on a quarter of it
+    return pool.split(min(wanted, len(pool) - keep), config.seed, keep=keep)
 
 
 def _logits(model_bytes: bytes, inputs: np.ndarray) -> np.ndarray:

@@ -14,13 +14,16 @@ ONNX Runtime). Each one is measured in `benchmarks/accuracy.py`.
   mean by (W_q - W) E[x], with E[x] the layer's mean quantized input row on the calibration
   data; the bias takes it back.
 
-Memory stays bounded: the range search keeps at most `RANGE_ROWS` sampled input rows per layer;
-the Hessians (d x d, d = input channels x kernel area) are accumulated batch by batch.
+Time and memory stay bounded on wide models: the range search scores each candidate on a budget of
+multiply-accumulates (fewer sampled rows for wider layers, outputs randomly projected to
+`RANGE_PROJECTION` channels) and tries `RANGE_CANDIDATES` thresholds; GPTQ's Hessians (d x d, d = input
+channels x kernel area, accumulated batch by batch) are kept for layers up to `GPTQ_MAX_INPUTS`
+inputs, and wider ones are rounded to nearest (bias correction still applies).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -32,8 +35,12 @@ from rexport.errors import InputError
 from rexport.onnx_graph import initializers, producers
 
 REFINEMENTS = ("ranges", "gptq", "bias")
-RANGE_ROWS = 2048  # sampled input rows per layer for the range search
-RANGE_CANDIDATES = 48
+RANGE_ROWS = 2048  # sampled input rows per layer for the range search, at most
+RANGE_MACS = 2048 * 576 * 64  # per candidate and layer: fewer rows for wider layers (ResNet-20's widest: 2048)
+RANGE_MIN_ROWS = 256
+RANGE_PROJECTION = 64  # a layer with more output channels is scored on this many random projections of them
+RANGE_CANDIDATES = 48  # evenly spaced thresholds up to max |x| (a finer search of this proxy scored worse)
+GPTQ_MAX_INPUTS = 2304  # GPTQ costs O(d^3) per layer: wider layers (d = C x kh x kw) are rounded to nearest
 GPTQ_DAMPING = 0.01  # fraction of the Hessian's mean diagonal added to it
 
 
@@ -156,25 +163,37 @@ class Refinement:
     bias_shift: dict[str, np.ndarray] = field(default_factory=dict)  # node -> per-channel shift
 
 
+def _projected(layer: Layer, rng: np.random.Generator) -> Layer:
+    """The layer with its outputs randomly projected to RANGE_PROJECTION channels (when it has more):
+    squared output errors keep their expectation, at a fraction of the cost."""
+    k = layer.weight.shape[1]
+    if layer.groups > 1 or k <= RANGE_PROJECTION:
+        return layer
+    p = rng.standard_normal((k, RANGE_PROJECTION)).astype(np.float32) / np.float32(np.sqrt(RANGE_PROJECTION))
+    return replace(layer, weight=(layer.weight[0].T @ p).T[None])
+
+
 def search_ranges(model, layers: list[Layer], params: dict[str, QParams], stats: dict[str, TensorStats],
                   inputs: np.ndarray, target: str, batch_size: int, seed: int) -> dict[str, QParams]:
     """Per activation read by `layers`, the threshold with the least relative output error."""
     rng = np.random.default_rng(seed)
     readers: dict[str, list[Layer]] = {}
     for layer in layers:
-        readers.setdefault(layer.input, []).append(layer)
+        readers.setdefault(layer.input, []).append(_projected(layer, rng))
     identities = {ident for ident, _ in residual_adds(model).values()} if target == "trt" else set()
     tensors = [t for t in dict.fromkeys([*readers, *identities]) if t in stats and t in params]
-    per_batch = -(-RANGE_ROWS // max(1, -(-len(inputs) // batch_size)))
-    rows: dict[str, list[np.ndarray]] = {layer.node: [] for layer in layers}
+    batches = max(1, -(-len(inputs) // batch_size))
+    wanted = {layer.node: int(np.clip(RANGE_MACS // layer.weight.size, RANGE_MIN_ROWS, RANGE_ROWS))
+              for group in readers.values() for layer in group}
+    rows: dict[str, list[np.ndarray]] = {node: [] for node in wanted}
     samples: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     for values in run_intermediates(model, tensors, inputs, batch_size, "range search (layer outputs)"):
         for t in tensors:
             x = values[t]
             for layer in readers.get(t, ()):
-                rows[layer.node].append(layer.sample(x, per_batch, rng))
+                rows[layer.node].append(layer.sample(x, -(-wanted[layer.node] // batches), rng))
             if t in identities:
-                samples[t].append(rng.choice(x.ravel(), min(x.size, 8 * per_batch)))
+                samples[t].append(rng.choice(x.ravel(), min(x.size, 8 * RANGE_ROWS // batches)))
     out = dict(params)
     for t in tensors:
         st = stats[t]
@@ -183,17 +202,18 @@ def search_ranges(model, layers: list[Layer], params: dict[str, QParams], stats:
         references = [(layer, r, layer.matmul(r)) for layer in readers.get(t, ())
                       for r in [np.concatenate(rows[layer.node])]]
         own = np.concatenate(samples[t]) if samples[t] else None
-        best, best_err = params[t], np.inf
-        thresholds = np.linspace(st.absmax / RANGE_CANDIDATES, st.absmax, RANGE_CANDIDATES)
-        for q in [params[t]] + [activation_qparams(st.min, st.max, target, float(th)) for th in thresholds]:
-            err = 0.0
-            for layer, r, y in references:
-                err += float(np.mean((layer.matmul(fake_quant(r, q)) - y) ** 2) / max(np.mean(y ** 2), 1e-20))
+
+        def error(q: QParams) -> float:
+            err = sum(float(np.mean((layer.matmul(fake_quant(r, q)) - y) ** 2) / max(np.mean(y ** 2), 1e-20))
+                      for layer, r, y in references)
             if own is not None:
                 err += float(np.mean((fake_quant(own, q) - own) ** 2) / max(np.mean(own ** 2), 1e-20))
-            if err < best_err - 1e-12:
-                best, best_err = q, err
-        out[t] = best
+            return err
+
+        thresholds = np.linspace(st.absmax / RANGE_CANDIDATES, st.absmax, RANGE_CANDIDATES)
+        candidates = [params[t], *(activation_qparams(st.min, st.max, target, float(th)) for th in thresholds)]
+        errors = [error(q) for q in candidates]
+        out[t] = candidates[int(np.argmin(errors))]  # ties: the first, the calibrator's own
     if target == "cpu":  # a tensor after pooling/reshaping shares its source's scale: the source takes it
         made_by = producers(model.graph)
         for t in tensors:
@@ -214,7 +234,7 @@ class Moments:
     GPTQ) the Hessian X^T X, per group."""
 
     mean: dict[str, np.ndarray]  # node -> groups x d
-    hessian: dict[str, np.ndarray]  # node -> groups x d x d (empty without GPTQ)
+    hessian: dict[str, np.ndarray]  # node -> groups x d x d (only for the layers GPTQ rounds)
 
 
 def input_moments(model, layers: list[Layer], params: dict[str, QParams], inputs: np.ndarray, batch_size: int,
@@ -224,16 +244,16 @@ def input_moments(model, layers: list[Layer], params: dict[str, QParams], inputs
     sums = {layer.node: np.zeros((layer.groups, layer.weight.shape[2])) for layer in layers}
     counts = dict.fromkeys(sums, 0)
     hessians = {layer.node: np.zeros((layer.groups, layer.weight.shape[2], layer.weight.shape[2]))
-                for layer in layers} if hessian else {}
+                for layer in layers if hessian and layer.weight.shape[2] <= GPTQ_MAX_INPUTS}
     tensors = list(dict.fromkeys(layer.input for layer in layers))
     for values in run_intermediates(model, tensors, inputs, batch_size, "layer input statistics"):
         for layer in layers:
-            count = -(-max(4096, 4 * layer.weight.shape[2]) // batches)
+            count = -(-max(4096, 2 * layer.weight.shape[2]) // batches)
             r = fake_quant(layer.sample(values[layer.input], count, rng), params[layer.input])
             sums[layer.node] += r.sum(axis=0)
             counts[layer.node] += len(r)
-            for g in range(layer.groups if hessian else 0):
-                hessians[layer.node][g] += r[:, g].T @ r[:, g]
+            for g in range(layer.groups) if layer.node in hessians else ():
+                hessians[layer.node][g] += r[:, g].T @ r[:, g]  # float32 products, summed in float64
     return Moments({n: sums[n] / max(1, counts[n]) for n in sums}, hessians)
 
 
@@ -274,6 +294,8 @@ def gptq_weights(layers: list[Layer], moments: Moments, qmax: int) -> dict[str, 
     """Node -> GPTQ integer weights (stored layout)."""
     out = {}
     for layer in layers:
+        if layer.node not in moments.hessian:
+            continue  # wider than GPTQ_MAX_INPUTS: rounded to nearest
         scales = weight_scales(layer.stored(), layer.axis, qmax).reshape(layer.groups, -1)
         q = np.stack([gptq_round(layer.weight[g], moments.hessian[layer.node][g], scales[g], qmax)
                       for g in range(layer.groups)])
@@ -317,6 +339,9 @@ def refine(model, params: dict[str, QParams], stats: dict[str, TensorStats], inp
         moments = input_moments(model, layers, result.params, inputs, batch_size, seed, "gptq" in refinements)
         if "gptq" in refinements:
             result.rounded = gptq_weights(layers, moments, qmax)
+            if len(result.rounded) < len(layers):
+                log.info("GPTQ: %d of %d layers; %d wider than %d inputs are rounded to nearest", len(result.rounded),
+                         len(layers), len(layers) - len(result.rounded), GPTQ_MAX_INPUTS)
         if "bias" in refinements:
             result.bias_shift = weight_biases(layers, moments, result.rounded, qmax)
     return result

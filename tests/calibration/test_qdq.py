@@ -121,8 +121,10 @@ def test_cpu_target_weights_use_the_reduced_range(quantized, exported):
     for target, qmax in (("cpu", 64), ("trt", 127)):
         weights = _weights(onnx.load(str(quantized("resnet18", target).path)))
         assert len(weights) == 21  # 20 convs + fc
-        for per_channel in weights:  # each output channel spans the whole range (scale = max |w| / qmax)
-            assert (per_channel == qmax).all(), (target, per_channel.min(), per_channel.max())
+        for per_channel in weights:  # each output channel spans the range (scale = max |w| / qmax); GPTQ
+            # rounding may pull a channel's largest weight one step in, never past the range
+            assert (per_channel <= qmax).all() and (per_channel >= qmax - 1).all(), (target, per_channel)
+            assert np.median(per_channel) == qmax
     model = onnx.load(str(exported("resnet20")))  # reduce_range=False: the full range, for CPUs with VNNI
     params = {t: QParams(0.05, 0, "uint8")
               for t in [i.name for i in model.graph.input] + [o for n in model.graph.node for o in n.output]}

@@ -4,7 +4,6 @@ non-zero exit code (1 for errors, 3 for a failed quality gate, 2 for bad usage).
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -88,15 +87,35 @@ def parse_key_map(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def write_json(path: str | None, payload: dict) -> None:
-    """The --json report the user asked for; replacing an earlier one is said aloud."""
-    if path:
-        from rexport.files import atomic_output
+class JsonReport:
+    """`--json FILE`: checked by the rule for every output before the work starts (an existing file
+    needs --force; never one of the command's inputs or other outputs) and written after it, as
+    strict JSON, through a temporary file."""
 
-        if Path(path).exists():
-            log.info("replacing the earlier report %s", path)
-        with atomic_output(path, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    def __init__(self, path: str | None, force: bool, *inputs: str | Path | None):
+        from rexport.files import check_output
+
+        self.path, self.force, self.inputs = path, force, inputs
+        self.existed = bool(path) and Path(path).exists()
+        if path:
+            check_output(path, overwrite=force, inputs=inputs)
+
+    def write(self, payload: dict) -> None:
+        if not self.path:
+            return
+        from rexport.files import write_json
+
+        if Path(self.path).exists() and not self.existed:  # e.g. a default output name of the command
+            raise InputError(f"refusing to write the report to {self.path}: this command has just written "
+                             "another output there; choose another --json file")
+        write_json(self.path, payload, overwrite=self.force, inputs=self.inputs)
+
+
+def echo_json(payload) -> None:
+    """A --json report on stdout: strict JSON, like the files."""
+    from rexport.files import json_text
+
+    click.echo(json_text(payload), nl=False)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -117,7 +136,7 @@ def models_cmd(family: str | None, as_json: bool) -> None:
              "classes": a.num_classes, "params": count_parameters(a.name),
              "shortcuts": "/".join(a.shortcuts) or "-"} for a in archs]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
     click.echo(table(("arch", "family", "input", "classes", "params", "shortcut"),
                      [(r["arch"], r["family"], r["input"], r["classes"], f"{r['params']:,}", r["shortcuts"])
@@ -233,11 +252,13 @@ def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, ex
     from rexport.runtime.metadata import BatchRange, load_labels
 
     keys = parse_key_map(key_map)
+    output = output or Path(checkpoint).with_suffix(".onnx").name
+    json_report = JsonReport(json_path, force, checkpoint, labels, images, calib_data, val_data, output,
+                             sibling(output, "fp16"), sibling(output, "int8"), bundle_dir)
     ckpt = load_checkpoint(checkpoint, unsafe_pickle=unsafe_pickle)
     if arch is None:
         arch = detect_arch(ckpt, key_map=keys)
         log.info("arch: %s (detected from the checkpoint; pass --arch to choose)", arch)
-    output = output or Path(checkpoint).with_suffix(".onnx").name
     config = ExportConfig(arch=arch, num_classes=num_classes, input_size=parse_size(input_size),
                           batch=BatchRange.parse(batch), opset=opset, exporter=exporter,
                           labels=load_labels(labels) if labels else None, key_map=keys, shortcut=shortcut,
@@ -277,7 +298,7 @@ def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, ex
         report["bundle"] = str(make_bundle(written, bundle_dir, data=val_data or calib_data or images,
                                            checkpoint=checkpoint, overwrite=force))
         click.echo(f"bundle -> {report['bundle']}")
-    write_json(json_path, report)
+    json_report.write(report)
 
 
 @cli.command("calibrate")
@@ -299,6 +320,9 @@ def calibrate_cmd(model, data, output, method, percentile, target, no_reduce_ran
     """Calibrate MODEL (an FP32 ONNX from `rexport onnx`) to an INT8 Q/DQ ONNX."""
     from rexport.calibration import quantize
 
+    output = Path(output or sibling(model, "int8"))
+    json_report = JsonReport(json_path, force, model, data, val_data, output, cache_path, output.with_suffix(".cache"),
+                             bundle_dir)
     config = quantize_config(
         data, method=method, percentile=percentile, target=target, no_reduce_range=no_reduce_range, refine=refine,
         samples=samples,
@@ -307,8 +331,8 @@ def calibrate_cmd(model, data, output, method, percentile, target, no_reduce_ran
         no_stats_cache=no_stats_cache, overwrite=force, cache=cache_path,
         preprocess=preprocess_overrides(mean=mean, std=std, resize=resize, channels=channels,
                                         interpolation=interpolation, max_pixel_value=max_pixel_value))
-    result = quantize(model, output or sibling(model, "int8"), config)
-    write_json(json_path, result.to_dict())
+    result = quantize(model, output, config)
+    json_report.write(result.to_dict())
     click.echo(result.format())
     if bundle_dir:
         from rexport.runtime.bundle import make_bundle
@@ -350,17 +374,19 @@ def fp16_cmd(model, output, data, samples, keep_fp32, force) -> None:
 @click.option("--unsafe-pickle", is_flag=True, help="Allow a full unpickle of --checkpoint (trusted files only).")
 @preprocess_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--force", is_flag=True, help="Replace an existing --json report.")
 def validate_cmd(models, data, checkpoint, samples, seed, max_top1_drop, min_agreement, providers, unsafe_pickle,
-                 mean, std, resize, channels, interpolation, max_pixel_value, json_path) -> None:
+                 mean, std, resize, channels, interpolation, max_pixel_value, json_path, force) -> None:
     """Run MODELS (ONNX files, engines, bundles) on the same data and compare them with the reference."""
     from rexport.errors import CheckFailed
     from rexport.runtime.validate import Gates, validate
 
+    json_report = JsonReport(json_path, force, *models, data, checkpoint)
     report = validate(list(models), data, checkpoint=checkpoint, samples=samples, seed=seed,
                       gates=Gates(max_top1_drop, min_agreement), providers=providers, unsafe_pickle=unsafe_pickle,
                       preprocess=preprocess_overrides(mean=mean, std=std, resize=resize, channels=channels,
                                                       interpolation=interpolation, max_pixel_value=max_pixel_value))
-    write_json(json_path, report.to_dict())
+    json_report.write(report.to_dict())
     click.echo(report.format())
     if not report.passed:
         raise CheckFailed(f"{sum(not r.passed for r in report.rows)} model(s) failed the gates ({report.gates.describe()})")
@@ -417,7 +443,7 @@ def predict_cmd(model, images, top_k, variant, providers, threads, as_json) -> N
     with load(model, model=variant, providers=providers, threads=threads) as predictor:
         predictions = predictor.predict(list(images), top_k=top_k)
     if as_json:
-        click.echo(json.dumps({img: p.to_dict() for img, p in zip(images, predictions)}, indent=2))
+        echo_json({img: p.to_dict() for img, p in zip(images, predictions)})
         return
     for img, p in zip(images, predictions):
         click.echo(f"{img}: {p}")
@@ -431,7 +457,10 @@ def inspect_cmd(model, as_json) -> None:
     from rexport.runtime.inspect import inspect_model
 
     report = inspect_model(model)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(report.format())
 
 
 @cli.command("selftest")
@@ -445,7 +474,10 @@ def selftest_cmd(bundle, variant, providers, threads, as_json) -> None:
 
     with load(bundle, model=variant, providers=providers, threads=threads) as predictor:
         report = predictor.selftest()
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(report.format())
     require_pass(report)
 
 
@@ -459,8 +491,9 @@ def selftest_cmd(bundle, variant, providers, threads, as_json) -> None:
 @load_options
 @click.option("--images", type=click.Path(file_okay=False), help="Time preprocessing on these images.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON.")
+@click.option("--force", is_flag=True, help="Replace an existing --json report.")
 def bench_cmd(models, batch, iterations, duration, warmup, bench_threads, variant, providers, threads, images,
-              json_path) -> None:
+              json_path, force) -> None:
     """Latency (p50/p90/p99) and throughput of MODELS, and preprocessing time, in one table."""
     from rexport.runtime import load
     from rexport.runtime.bench import BenchConfig, bench
@@ -470,6 +503,7 @@ def bench_cmd(models, batch, iterations, duration, warmup, bench_threads, varian
         sizes = tuple(int(b) for b in batch.split(","))
     except ValueError:
         raise InputError(f"--batch takes comma-separated sizes (e.g. 1,8), not {batch!r}") from None
+    json_report = JsonReport(json_path, force, *models, images)
     config = BenchConfig(batch_sizes=sizes, iterations=iterations, duration=duration, warmup=warmup,
                          threads=bench_threads)
     files = sorted(p for p in Path(images).rglob("*") if is_image_file(p))[:32] if images else None
@@ -484,7 +518,7 @@ def bench_cmd(models, batch, iterations, duration, warmup, bench_threads, varian
     finally:
         for p in predictors.values():
             p.close()
-    write_json(json_path, report.to_dict())
+    json_report.write(report.to_dict())
     click.echo(report.format())
 
 
@@ -492,13 +526,15 @@ def bench_cmd(models, batch, iterations, duration, warmup, bench_threads, varian
 @click.option("-o", "--output", default="rexport-demo", show_default=True, type=click.Path(file_okay=False),
               help="Directory for everything the demo writes.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON.")
-def demo_cmd(output: str, json_path: str | None) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing --json report.")
+def demo_cmd(output: str, json_path: str | None, force: bool) -> None:
     """Run the whole pipeline on the embedded default model (ResNet-20 trained on digits)."""
     from rexport.demo.pipeline import run_demo
 
+    json_report = JsonReport(json_path, force, output)
     result = run_demo(output)
     click.echo(result.format())
-    write_json(json_path, result.to_dict())
+    json_report.write(result.to_dict())
     if not result.passed:
         from rexport.errors import CheckFailed
 
@@ -565,6 +601,8 @@ def trt_cmd(onnx_path, output, fp16, int8, rtx, compute_capability, fp16_flag, l
     if fp16 and int8:
         raise InputError("give --fp16 or --int8, not both")
     precision = "fp16" if fp16 else "int8" if int8 else None
+    json_report = JsonReport(json_path, force, onnx_path, calib_data, calib_cache, timing_cache, *merge_timing_cache,
+                             reference, val_data, output, output and f"{output}.json")
     config = BuildConfig(precision=precision, flavour="rtx" if rtx else None,
                          compute_capabilities=compute_capability, fp16_flag=fp16_flag, legacy_calibrator=legacy_calibrator,
                          weakly_typed=weakly_typed, calib_data=calib_data, calib_method=calib_method,
@@ -576,7 +614,7 @@ def trt_cmd(onnx_path, output, fp16, int8, rtx, compute_capability, fp16_flag, l
                          val_data=val_data, val_samples=val_samples, min_agreement=min_agreement,
                          max_top1_drop=max_top1_drop, reference=reference, seed=seed, overwrite=force)
     result = build_engine(onnx_path, output, config)
-    write_json(json_path, result.to_dict())
+    json_report.write(result.to_dict())
     click.echo(result.format())
 
 
@@ -587,7 +625,10 @@ def doctor_cmd(as_json: bool) -> None:
     from rexport.runtime.trt_compat import inspect_environment
 
     report = inspect_environment()
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(report.format())
 
 
 def main() -> None:

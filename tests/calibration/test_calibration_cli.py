@@ -124,3 +124,27 @@ def test_calibrating_a_calibrated_model_is_refused(run_cli, tmp_path, demo_fp32)
     assert run_cli("calibrate", demo_fp32, "--data", "demo", "--samples", "32", "-o", "q.onnx").exit_code == 0
     assert_clean_error(run_cli("calibrate", "q.onnx", "--data", "demo", "-o", "qq.onnx"), "calibrate the FP32 export")
     assert_clean_error(run_cli("calibrate", demo_fp32, "--data", "demo", "-o", "q.onnx"), "already exists")
+
+
+def test_json_report_never_replaces_an_input_and_needs_force(run_cli, tmp_path, demo_fp32):
+    """Issue 10: `validate m.onnx --json m.onnx` used to leave the model as 507 bytes of JSON."""
+    import shutil
+
+    model = tmp_path / "m.onnx"
+    shutil.copyfile(demo_fp32, model)
+    (tmp_path / "link.json").symlink_to(model)
+    original = model.read_bytes()
+    calibrate = ["calibrate", "m.onnx", "--data", "demo", "--samples", "8", "-o", "q.onnx", "--force", "--json"]
+    for command in (["validate", "m.onnx", "--data", "demo:test", "--samples", "8", "--force", "--json"], calibrate):
+        for target in ("m.onnx", "link.json"):
+            assert_clean_error(run_cli(*command, target), "refusing to write", "choose another")
+    assert_clean_error(run_cli(*calibrate, "q.onnx"), "refusing to write q.onnx")  # nor onto its own output
+    assert model.read_bytes() == original and not (tmp_path / "q.onnx").exists()
+
+    (tmp_path / "old.json").write_text("keep me")
+    validate = ["validate", "m.onnx", "--data", "demo:test", "--samples", "8", "--json", "old.json"]
+    assert_clean_error(run_cli(*validate), "already exists", "--force")
+    assert (tmp_path / "old.json").read_text() == "keep me"
+    assert run_cli(*validate, "--force").exit_code == 0
+    assert json.loads((tmp_path / "old.json").read_text())["passed"] is True
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary files left

@@ -179,6 +179,17 @@ def test_cli_exports_and_reports(run_cli, tmp_path, checkpoint):
     assert info.preprocess.mean == (0.5, 0.5, 0.5) and info.preprocess.std == (0.25, 0.25, 0.25)
 
 
+def test_cli_json_report_is_never_written_over_an_input_or_output(run_cli, tmp_path, checkpoint):
+    """Issue 10: `--json` replaced any file; now, not even with --force, the checkpoint or the model."""
+    before = checkpoint.read_bytes()
+    assert_clean_error(run_cli("onnx", checkpoint, "--arch", "resnet20", "--json", checkpoint, "--force"),
+                       "refusing to write")
+    assert checkpoint.read_bytes() == before
+    result = run_cli("onnx", checkpoint, "--arch", "resnet20", "-o", "m.onnx", "--json", "m.onnx", "--force")
+    assert_clean_error(result, "refusing to write m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_cli_detects_the_arch_when_unambiguous(run_cli, tmp_path):
     ckpt = tmp_path / "r18.pt"
     torch.save(build_model("resnet18", num_classes=4).state_dict(), ckpt)

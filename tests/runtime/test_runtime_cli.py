@@ -109,3 +109,15 @@ def test_runtime_commands_bad_input(run_cli, tmp_path, demo_fp32, args, fragment
     args = [a.format(onnx=demo_fp32, txt=tmp_path / "notes.txt") for a in args]
     assert_clean_error(run_cli(*args), fragment)
     assert not (tmp_path / "b").exists()
+
+
+def test_bench_json_follows_the_output_rule(run_cli, tmp_path, demo_fp32):
+    """Issue 10: bench --json replaced any file, the model it measured included."""
+    model = tmp_path / "m.onnx"
+    shutil.copyfile(demo_fp32, model)
+    bench = ["bench", "m.onnx", "--iterations", "2", "--warmup", "0", "--json"]
+    assert_clean_error(run_cli(*bench, "m.onnx", "--force"), "refusing to write m.onnx")
+    assert model.read_bytes() == demo_fp32.read_bytes()
+    (tmp_path / "b.json").write_text("{}")
+    assert_clean_error(run_cli(*bench, "b.json"), "b.json already exists; pass --force")
+    assert (tmp_path / "b.json").read_text() == "{}"

@@ -7,17 +7,22 @@ needed to run it and to prove, on the device, that it still behaves:
     reference.npz         reference inputs, the FP32 reference logits, each model's own logits
     reference/*.png       a few images with their preprocessed tensors (in reference.npz)
 
-`open_bundle` verifies every file's sha256 before anything is loaded; archives are extracted
-to a private directory and never write outside it. `selftest` replays the references: the
-preprocessing of the reference images on this machine, then each model against the FP32
-reference (top-1 agreement) and against its own logits recorded when the bundle was made.
+`open_bundle` verifies the manifest's own digest (`manifest_sha256`, over its content), then
+that every file the manifest names (models, sidecars, reference data, images) is a relative,
+normalised path inside the bundle, listed in its `files`, whose sha256 matches, before anything
+is loaded; archives are extracted to a private directory and never write outside it.
+`selftest` replays the references: the preprocessing of the reference images on this machine,
+then each model against the FP32 reference (top-1 agreement) and against its own logits
+recorded when the bundle was made.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
+import posixpath
 import shutil
 import tarfile
 import tempfile
@@ -29,13 +34,18 @@ import numpy as np
 from rexport import __version__
 from rexport.console import fmt_err, fmt_pct, log, table
 from rexport.errors import CheckFailed, InputError
-from rexport.files import atomic_directory, atomic_output, check_output, check_output_dir, sha256_file
+from rexport.files import atomic_directory, atomic_output, check_output, check_output_dir, json_text, sha256_file
 from rexport.runtime.compare import Tolerance, compare
 from rexport.runtime.metadata import ModelInfo
 
 MANIFEST = "rexport.json"
 FORMAT = "rexport-bundle"
-FORMAT_VERSION = 1
+# 2: the manifest carries manifest_sha256. Bundles of format 1 are refused rather than read without it:
+# their manifest (labels, preprocessing, which files to load) could have been edited unnoticed, and
+# re-bundling is one command on the machine that made them.
+FORMAT_VERSION = 2
+DIGEST = "manifest_sha256"
+REBUNDLE = "re-create the bundle with `rexport bundle`"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 # The top-1 agreement with the FP32 reference each precision must keep in a self-test.
 SELFTEST_AGREEMENT = {"fp32": 1.0, "fp16": 0.95, "int8": 0.75, "mixed": 0.75}
@@ -113,7 +123,8 @@ def safe_extract(archive: Path, target: Path) -> Path:
 
 
 def open_bundle(path: str | os.PathLike) -> Bundle:
-    """Read and verify a bundle directory or archive: manifest, then every file's sha256."""
+    """Read and verify a bundle directory or archive: the manifest's digest, every name it gives,
+    every file's sha256."""
     path = Path(path)
     tmp = None
     if is_archive(path):
@@ -136,6 +147,21 @@ def open_bundle(path: str | os.PathLike) -> Bundle:
     return Bundle(root, manifest, info, tmp)
 
 
+def _digest(manifest: dict) -> str:
+    """sha256 of the manifest's content (without the digest itself), in a canonical JSON form."""
+    content = {k: v for k, v in manifest.items() if k != DIGEST}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":"),
+                                     allow_nan=False).encode()).hexdigest()
+
+
+def save_manifest(root: Path, manifest: dict) -> None:
+    """Write (atomically) the manifest of the bundle directory `root`, with its digest."""
+    manifest = json.loads(json_text(manifest))  # the strict-JSON form is what is read back and hashed
+    manifest[DIGEST] = _digest(manifest)
+    with atomic_output(root / MANIFEST, overwrite=True) as tmp:
+        tmp.write_text(json_text(manifest))
+
+
 def _read_manifest(root: Path) -> dict:
     try:
         manifest = json.loads((root / MANIFEST).read_text())
@@ -143,20 +169,65 @@ def _read_manifest(root: Path) -> dict:
         raise InputError(f"{root / MANIFEST} is unreadable or not JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise InputError(f"{root / MANIFEST} is not a rexport bundle manifest")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise InputError(f"{root} was written by a newer rexport (bundle format {manifest['format_version']}); "
-                         "upgrade rexport to read it")
-    for key in ("model", "files", "models", "default"):
-        if key not in manifest:
-            raise InputError(f"{root / MANIFEST} lacks {key!r}; the bundle is incomplete")
+    version = manifest.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise InputError(f"{root} was written by a newer rexport (bundle format {version}); upgrade rexport to read it")
+    if DIGEST not in manifest:
+        raise InputError(f"{root / MANIFEST} carries no {DIGEST} (bundle format {version}, from an older rexport), "
+                         f"so its content cannot be verified; {REBUNDLE}")
+    if manifest[DIGEST] != _digest(manifest):
+        raise InputError(f"{root / MANIFEST} was modified after bundling (its content does not match its {DIGEST}); "
+                         f"{REBUNDLE}")
+    for key, kind in (("model", dict), ("files", dict), ("models", list), ("default", str)):
+        if not isinstance(manifest.get(key), kind):
+            raise InputError(f"{root / MANIFEST} lacks {key!r} (a {kind.__name__}); the bundle is incomplete; "
+                             f"{REBUNDLE}")
     return manifest
 
 
+def _named_files(manifest: dict) -> list[tuple[str, object]]:
+    """(what, name) for every file the manifest tells a reader to load."""
+    from rexport.runtime.engine_sidecar import sidecar_path
+
+    named: list[tuple[str, object]] = [("the default model", manifest["default"])]
+    for m in manifest["models"]:
+        name = m.get("file") if isinstance(m, dict) else None
+        named.append(("a model", name))
+        if isinstance(m, dict) and m.get("kind") == "engine" and isinstance(name, str):
+            named.append(("an engine sidecar", str(sidecar_path(name))))
+    ref = manifest.get("reference") or {}
+    if isinstance(ref, dict):
+        named += [("the reference data", ref.get("file"))] + [("a reference image", n) for n in ref.get("images") or []]
+    else:
+        named.append(("the reference", ref))
+    return named
+
+
+def _check_name(root: Path, name: object, what: str) -> Path:
+    """The rule for every path a manifest gives: relative, normalised, inside the bundle."""
+    if (not isinstance(name, str) or not name or "\\" in name or name.startswith("/") or posixpath.isabs(name)
+            or posixpath.normpath(name) != name or ".." in name.split("/")):
+        raise InputError(f"{MANIFEST} names {what} {name!r}, not a plain relative path inside the bundle; "
+                         f"refusing to read it; {REBUNDLE}")
+    file = root / name
+    if not file.resolve().is_relative_to(root.resolve()):
+        raise InputError(f"{MANIFEST} names {what} {name!r}, which leads outside the bundle; refusing to read it; "
+                         f"{REBUNDLE}")
+    return file
+
+
 def verify_files(root: Path, manifest: dict) -> None:
+    """Every file the manifest names is one of its `files`, each of which passes `_check_name` and
+    matches its size and sha256."""
+    for what, name in _named_files(manifest):
+        if name not in manifest["files"]:
+            _check_name(root, name, what)  # the clearer message first, when the name itself is wrong
+            raise InputError(f"{MANIFEST} names {what} {name!r} that is not among its files (no sha256 covers it); "
+                             f"refusing to read it; {REBUNDLE}")
     for name, entry in manifest["files"].items():
-        file = root / name
-        if not file.resolve().is_relative_to(root.resolve()):
-            raise InputError(f"{MANIFEST} names {name!r}, outside the bundle; refusing to read it")
+        file = _check_name(root, name, "the file")
+        if not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int):
+            raise InputError(f"{MANIFEST} gives no size and sha256 for {name!r}; {REBUNDLE}")
         if not file.is_file():
             raise InputError(f"bundle file {name} is missing from {root}; copy the whole bundle")
         size = file.stat().st_size
@@ -294,7 +365,7 @@ def _fill(tmp: Path, described: list, base: ModelInfo, inputs: np.ndarray, refer
     }
     if manifest["default"] not in {e["file"] for e in entries}:
         raise InputError(f"default model {manifest['default']!r} is not among the bundled files")
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    save_manifest(tmp, manifest)
 
 
 def _default_model(entries: list[dict]) -> str:
@@ -322,8 +393,7 @@ def add_to_bundle(bundle_dir: str | os.PathLike, files: list[Path], kind: str, p
     manifest["models"].append({"file": model.name, "kind": kind, "precision": precision})
     if make_default:
         manifest["default"] = model.name
-    with atomic_output(root / MANIFEST, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    save_manifest(root, manifest)
 
 
 # -- self-test ---------------------------------------------------------------------------------

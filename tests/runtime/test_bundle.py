@@ -12,7 +12,7 @@ import pytest
 
 from rexport.errors import InputError
 from rexport.runtime import load
-from rexport.runtime.bundle import MANIFEST, open_bundle, safe_extract, write_bundle
+from rexport.runtime.bundle import MANIFEST, open_bundle, safe_extract, save_manifest, write_bundle
 
 
 def test_round_trip(demo_bundle, demo_fp32):
@@ -143,3 +143,91 @@ def test_bundles_one_model_s_forms_only(demo_fp32, exported, tmp_path):
     with pytest.raises(InputError, match="other inputs or has other classes"):
         write_bundle([demo_fp32, exported("resnet18")], tmp_path / "mixed")
     assert not (tmp_path / "mixed").exists()
+
+
+# -- issue 10: everything a bundle names stays inside it and is covered by a hash ---------------
+
+
+def _edit_manifest(bundle, edit, sign: bool = True):
+    """Change a bundle's manifest; `sign` re-computes its digest, as a forger would."""
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    edit(manifest)
+    if sign:
+        save_manifest(bundle, manifest)
+    else:
+        (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def _as_archive(bundle, tmp_path):
+    archive = tmp_path / f"{bundle.name}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle, arcname="bundle")
+    return archive
+
+
+def _set(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def edit(manifest):
+        target = manifest
+        for k in keys[:-1]:
+            target = target[k]
+        target[keys[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set("models", 0, "file", "{outside}"), "not a plain relative path"),
+    (_set("models", 0, "file", "../../x.onnx"), "not a plain relative path"),
+    (_set("models", 0, "file", "./demo.onnx"), "not a plain relative path"),
+    (_set("default", "{outside}"), "not a plain relative path"),
+    (_set("reference", "file", "../outside.npz"), "not a plain relative path"),
+    (_set("reference", "images", ["/etc/passwd"]), "not a plain relative path"),
+    (_set("models", 0, "file", "unlisted.onnx"), "not among its files"),
+])
+@pytest.mark.parametrize("archived", [False, True])
+def test_a_manifest_cannot_name_a_file_outside_the_bundle(demo_bundle, demo_fp32, tmp_path, edit, message, archived):
+    """A manifest (even one re-signed by a forger) used to load `models[].file` from anywhere."""
+    from rexport.runtime.inspect import inspect_model
+
+    outside = tmp_path / "outside.onnx"
+    shutil.copyfile(demo_fp32, outside)
+    b = copy_bundle(demo_bundle, tmp_path)
+    shutil.copyfile(demo_fp32, b / "unlisted.onnx")  # inside, but covered by no sha256
+    shutil.copyfile(demo_fp32, tmp_path / "x.onnx")
+    (tmp_path / "outside.npz").write_bytes((b / "reference.npz").read_bytes())
+
+    def resolve(m):  # "{outside}": the absolute path of a model outside the bundle
+        return json.loads(json.dumps(m).replace("{outside}", str(outside)))
+
+    manifest = resolve(json.loads((b / MANIFEST).read_text()))
+    edit(manifest)
+    save_manifest(b, resolve(manifest))
+    target = _as_archive(b, tmp_path) if archived else b
+    for opening in (lambda: load(target), lambda: inspect_model(target), lambda: load(target, model="int8")):
+        with pytest.raises(InputError, match=f"{message}.*re-create the bundle"):
+            opening()
+
+
+def test_an_edited_manifest_is_refused(demo_bundle, tmp_path):
+    """The labels in rexport.json could be edited silently: the manifest itself had no hash."""
+    b = copy_bundle(demo_bundle, tmp_path)
+    _edit_manifest(b, lambda m: m["model"].update(labels=["cat"] * 10), sign=False)
+    with pytest.raises(InputError, match=r"rexport.json was modified after bundling .* re-create the bundle"):
+        load(b)
+    with pytest.raises(InputError, match="modified after bundling"):
+        load(_as_archive(b, tmp_path))
+
+
+def test_a_bundle_without_a_manifest_digest_is_refused(demo_bundle, tmp_path):
+    b = copy_bundle(demo_bundle, tmp_path)
+    _edit_manifest(b, lambda m: (m.pop("manifest_sha256"), m.update(format_version=1)), sign=False)
+    with pytest.raises(InputError, match="carries no manifest_sha256 .* re-create the bundle with `rexport bundle`"):
+        open_bundle(b)
+
+
+def test_a_signed_manifest_round_trips(demo_bundle, tmp_path):
+    b = copy_bundle(demo_bundle, tmp_path)
+    _edit_manifest(b, lambda m: m["model"].update(labels=[f"digit {d}" for d in range(10)]))
+    bundle = open_bundle(b)  # a change made through save_manifest (as add_to_bundle does) is accepted
+    assert bundle.info.labels[3] == "digit 3" and bundle.manifest["manifest_sha256"]

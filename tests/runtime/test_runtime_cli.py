@@ -10,6 +10,7 @@ import pytest
 
 from helpers import assert_clean_error
 from rexport.runtime.bench import BenchConfig, bench, measure
+from rexport.runtime.bundle import save_manifest
 
 
 def test_bundle_predict_inspect_selftest(run_cli, tmp_path, demo_fp32):
@@ -61,7 +62,7 @@ def test_selftest_failure_exits_3(run_cli, tmp_path, demo_bundle):
     entry = manifest["files"]["reference.npz"]
     entry["sha256"] = hashlib.sha256((b / "reference.npz").read_bytes()).hexdigest()
     entry["bytes"] = (b / "reference.npz").stat().st_size
-    (b / "rexport.json").write_text(json.dumps(manifest))
+    save_manifest(b, manifest)
     result = run_cli("selftest", b)
     assert result.exit_code == 3 and "FAIL" in result.stdout and "Traceback" not in result.stderr
 

@@ -389,7 +389,9 @@ def validate_cmd(models, data, checkpoint, samples, seed, max_top1_drop, min_agr
     json_report.write(report.to_dict())
     click.echo(report.format())
     if not report.passed:
-        raise CheckFailed(f"{sum(not r.passed for r in report.rows)} model(s) failed the gates ({report.gates.describe()})")
+        failed = [r for r in report.rows if not r.passed]
+        raise CheckFailed(f"{len(failed)} model(s) failed the gates ({report.gates.describe()}): "
+                          + "; ".join(f"{r.name}: {', '.join(r.failures)}" for r in failed))
 
 
 def load_options(f):

@@ -116,6 +116,11 @@ class Predictor:
     def classify(self, logits: np.ndarray, top_k: int = 5) -> list[Prediction]:
         if top_k < 1:
             raise InputError(f"top_k must be at least 1, not {top_k}")
+        broken = ~np.isfinite(logits).all(axis=1)
+        if broken.any():
+            raise InputError(f"{self.model_file.name} produced NaN/Inf outputs for {int(broken.sum())} of "
+                             f"{len(logits)} input(s), so it cannot classify them; the model is broken (find where "
+                             "with `rexport validate`; re-export or re-calibrate it)")
         k = min(top_k, logits.shape[1])
         probs = softmax(logits)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # for `helpers`
@@ -69,6 +70,20 @@ def exported(tmp_path_factory):
         return cache[arch]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def nan_model(demo_fp32, tmp_path_factory) -> Path:
+    """The demo model with a NaN classifier bias: a valid rexport ONNX whose every output is NaN."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(demo_fp32))
+    bias = next(t for t in model.graph.initializer if t.name == model.graph.node[-1].input[2])
+    bias.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(bias), np.nan), bias.name))
+    out = tmp_path_factory.mktemp("nan") / "nan.onnx"
+    onnx.save(model, str(out))
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -148,3 +148,14 @@ def test_json_report_never_replaces_an_input_and_needs_force(run_cli, tmp_path, 
     assert run_cli(*validate, "--force").exit_code == 0
     assert json.loads((tmp_path / "old.json").read_text())["passed"] is True
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+
+
+def test_validate_fails_a_model_whose_outputs_are_nan(run_cli, tmp_path, nan_model, demo_fp32):
+    """Issue 10: an all-NaN model passed validate (gate "ok", exit 0) and its --json held bare NaN."""
+    result = run_cli("validate", nan_model, demo_fp32, "--data", "demo:test", "--samples", "8", "--json", "v.json")
+    assert_clean_error(result, "1 model(s) failed the gates", "nan.onnx", "80 of 80 outputs are NaN/Inf", code=3)
+    report = json.loads((tmp_path / "v.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON report"))
+    nan_row, fp32_row = report["rows"]  # the NaN model is the reference: the first FP32 ONNX given
+    assert report["passed"] is False and nan_row["failures"] == ["80 of 80 outputs are NaN/Inf"]
+    assert fp32_row["max_abs"] is None  # its error against a NaN reference is NaN, written as null

@@ -122,3 +122,13 @@ def test_bench_json_follows_the_output_rule(run_cli, tmp_path, demo_fp32):
     (tmp_path / "b.json").write_text("{}")
     assert_clean_error(run_cli(*bench, "b.json"), "b.json already exists; pass --force")
     assert (tmp_path / "b.json").read_text() == "{}"
+
+
+def test_predict_refuses_nan_outputs(run_cli, tmp_path, nan_model):
+    """Issue 10: predict on a NaN-output model printed "0 nan%" and exited 0."""
+    from PIL import Image
+
+    Image.fromarray(np.zeros((28, 28), np.uint8), "L").save(tmp_path / "x.png")
+    result = run_cli("predict", nan_model, "x.png")
+    assert_clean_error(result, "nan.onnx produced NaN/Inf outputs for 1 of 1 input(s)")
+    assert "nan%" not in result.stdout

@@ -15,6 +15,7 @@ import functools
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ def load_checkpoint(path: str | os.PathLike, *, unsafe_pickle: bool = False) -> 
             state = st.load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises SafetensorError / OSError
             raise InputError(f"checkpoint {path} is a corrupt or truncated safetensors file ({e})") from None
+        check_finite(state, f"checkpoint {path}")
         return Checkpoint(path, dict(state), sha256_file(path), "safetensors")
 
     if head.startswith(b"PK") and _is_torchscript(path):
@@ -86,17 +88,30 @@ def load_checkpoint(path: str | os.PathLike, *, unsafe_pickle: bool = False) -> 
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # torch raises RuntimeError with long C++ traces
             raise InputError(f"checkpoint {path} is a corrupt TorchScript archive ({_first_line(e)})") from None
-        return Checkpoint(path, dict(module.state_dict()), sha256_file(path), "torchscript")
+        state = dict(module.state_dict())
+        check_finite(state, f"checkpoint {path}")
+        return Checkpoint(path, state, sha256_file(path), "torchscript")
 
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):
         raise InputError(f"{path} is not a PyTorch checkpoint (expected a torch.save file, "
                          ".ckpt, .safetensors or TorchScript archive)")
     obj = _torch_load(path, unsafe_pickle)
     state, where = _find_state_dict(obj, path)
+    check_finite(state, f"checkpoint {path}")
     fmt = "lightning" if isinstance(obj, dict) and "pytorch-lightning_version" in obj else where
     notes = [f"read the state dict from the checkpoint's {where.split(':', 1)[1]!r} entry"] \
         if where.startswith("nested:") and fmt != "lightning" else []
     return Checkpoint(path, state, sha256_file(path), fmt, notes)
+
+
+def check_finite(state: dict, what: str) -> None:
+    """Refuse weights holding NaN or Inf: no export, tolerance or calibration can repair them."""
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex())
+           and v.numel() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "")
+        raise InputError(f"{what}: {len(bad)} tensor{'s hold' if len(bad) > 1 else ' holds'} NaN or Inf ({shown}); "
+                         "the weights are corrupt or training diverged")
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:
@@ -120,12 +135,37 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _pickle_protocol(path: Path) -> int | None:
+    """The protocol of the checkpoint's pickle (zip: data.pkl; legacy: the first pickle), if readable."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                head = z.open(name).read(2) if name else b""
+        else:
+            with open(path, "rb") as f:
+                head = f.read(2)
+    except (OSError, zipfile.BadZipFile, KeyError, RuntimeError):
+        return None
+    return head[1] if len(head) == 2 and head[0] == 0x80 else None
+
+
 def _torch_load(path: Path, unsafe_pickle: bool):
     try:
-        return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
+        # torch warns (two lines, with a source line) about pickle protocols other than 2; the
+        # outcome is what matters: loaded, or refused below with one line
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
     except pickle.UnpicklingError as e:
         if unsafe_pickle:
             raise InputError(f"checkpoint {path} cannot be unpickled ({_first_line(e)})") from None
+        protocol = _pickle_protocol(path)
+        if "Unsupported operand" in str(e) and protocol is not None and protocol > 3:
+            raise InputError(
+                f"refusing to unpickle {path}: it was saved with pickle protocol {protocol}, which torch's safe "
+                "loader (weights_only) cannot read; re-save it with torch.save(model.state_dict(), ...) and the "
+                "default protocol or as .safetensors, or, only if you trust the file, pass --unsafe-pickle") from None
         unsafe = _unsafe_globals(path)
         needs = f" ({', '.join(unsafe[:4])}{', ...' if len(unsafe) > 4 else ''})" if unsafe else ""
         raise InputError(
@@ -141,7 +181,9 @@ def _torch_load(path: Path, unsafe_pickle: bool):
 
 def _unsafe_globals(path: Path) -> list[str]:
     try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:  # legacy (non-zip) files are not supported by that helper
         return []
 
@@ -322,7 +364,11 @@ def load_model(checkpoint: str | os.PathLike | Checkpoint, arch: str, *, num_cla
     shortcut option (A or B) is read from whether the checkpoint has projection weights.
     """
     spec = zoo.get_arch(arch)
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, unsafe_pickle=unsafe_pickle)
+    if isinstance(checkpoint, Checkpoint):  # built by the caller: load_checkpoint's checks did not run
+        check_finite(checkpoint.state_dict, f"checkpoint {checkpoint.path}")
+        ckpt = checkpoint
+    else:
+        ckpt = load_checkpoint(checkpoint, unsafe_pickle=unsafe_pickle)
     notes = list(ckpt.notes)
     state = _normalized_state(ckpt, key_map, notes)
     in_channels = _in_channels(state)

@@ -96,6 +96,7 @@ class ParityCase:
     inputs: str  # "random" or "images"
     batch: int
     comparison: Comparison
+    reference_nonfinite: int = 0  # NaN / Inf values in PyTorch's output
 
 
 @dataclass
@@ -110,7 +111,8 @@ class ParityReport:
 
     def to_dict(self) -> dict:
         return {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol, "passed": self.passed,
-                "cases": [{"inputs": c.inputs, "batch": c.batch, **c.comparison.to_dict()} for c in self.cases],
+                "cases": [{"inputs": c.inputs, "batch": c.batch, **c.comparison.to_dict(),
+                           "reference_nonfinite": c.reference_nonfinite} for c in self.cases],
                 "skipped_images": self.skipped_images}
 
     def format(self) -> str:
@@ -190,6 +192,7 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint | LoadedModel, output
         if config.parity.enabled:
             log.info("checking parity with ONNX Runtime...")
             report = check_parity(loaded.model, tmp, info, config.parity)
+            _refuse_nonfinite(report)
             if not report.passed:
                 worst = max(report.cases, key=lambda c: c.comparison.tolerance_ratio)
                 raise CheckFailed(
@@ -197,6 +200,22 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint | LoadedModel, output
                     f"{worst.batch}: max abs {fmt_err(worst.comparison.max_abs)}, {worst.comparison.tolerance_ratio:.1f}x "
                     f"the bound); nothing was written. Loosen --atol/--rtol if this is expected", report)
     return ExportResult(output, info, report, loaded.notes, time.monotonic() - start)
+
+
+def _refuse_nonfinite(report: ParityReport) -> None:
+    """NaN / Inf outputs fail parity, and no tolerance fixes them: say what does."""
+    broken = [c for c in report.cases if c.reference_nonfinite or c.comparison.nonfinite]
+    if not broken:
+        return
+    c = broken[0]
+    where = f"{c.inputs} inputs, batch {c.batch}"
+    if c.reference_nonfinite:
+        raise CheckFailed(f"the model outputs NaN or Inf in PyTorch itself ({c.reference_nonfinite} values, {where}), "
+                          "so no tolerance can make it pass: its weights overflow float32 or the checkpoint is "
+                          "broken; nothing was written", report)
+    raise CheckFailed(f"ONNX Runtime outputs NaN or Inf ({c.comparison.nonfinite} values, {where}) where PyTorch's "
+                      "outputs are finite, so no tolerance can make it pass; try another --opset or --exporter; "
+                      "nothing was written", report)
 
 
 def model_info(loaded: LoadedModel, config: ExportConfig) -> ModelInfo:
@@ -300,5 +319,8 @@ def check_parity(model: torch.nn.Module, onnx_path: str | os.PathLike, info: Mod
         with torch.inference_mode():
             ref = model(torch.from_numpy(x)).numpy()
         got = backend.run(x)
-        report.cases.append(ParityCase(kind, len(x), compare(got, ref, config.tolerance)))
+        bad_ref = int(ref.size - np.count_nonzero(np.isfinite(ref)))
+        with np.errstate(invalid="ignore", over="ignore"):
+            comparison = compare(got, ref, config.tolerance)
+        report.cases.append(ParityCase(kind, len(x), comparison, bad_ref))
     return report

@@ -234,3 +234,87 @@ def test_truncated_files(tmp_path, resnet20, name):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match="truncated or corrupt|corrupt"):
         load_checkpoint(path)
+
+
+# -- issue 10: weights that cannot be right, and torch's noise --------------------------------------
+
+
+@pytest.mark.parametrize("name", ["w.pt", "w.safetensors", "w.legacy.pt"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused_at_load_naming_the_tensors(tmp_path, resnet20, name, bad):
+    """Issue 10: NaN/Inf weights loaded, and parity then suggested loosening --atol."""
+    state = {k: v.clone() for k, v in resnet20.state_dict().items()}
+    for key in ("layer1.0.conv1.weight", "fc.bias"):
+        state[key].view(-1)[3] = bad
+    path = tmp_path / name
+    if name.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path, _use_new_zipfile_serialization="legacy" not in name)
+    with pytest.raises(InputError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert "2 tensors hold NaN or Inf (" in message  # safetensors files keep the keys sorted
+    assert "layer1.0.conv1.weight" in message and "fc.bias" in message
+    assert "corrupt or training diverged" in message and "\n" not in message and "atol" not in message
+
+
+def test_non_finite_weights_in_a_nested_or_half_precision_checkpoint(tmp_path, resnet20):
+    state = {k: v.half() if v.is_floating_point() else v for k, v in resnet20.state_dict().items()}
+    state["bn1.running_var"][0] = float("inf")
+    with pytest.raises(InputError, match=r"1 tensor holds NaN or Inf \(bn1.running_var\)"):
+        load_checkpoint(saved(tmp_path, {"epoch": 9, "state_dict": state}))
+
+
+def test_a_caller_built_checkpoint_is_checked_too(tmp_path, resnet20):
+    from rexport.exporter.checkpoint import Checkpoint
+
+    state = {k: v.clone() for k, v in resnet20.state_dict().items()}
+    state["conv1.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="conv1.weight"):
+        load_model(Checkpoint(tmp_path / "mine.pt", state, "0" * 64, "state_dict"), "resnet20")
+
+
+def test_cli_refuses_non_finite_weights_in_one_line(run_cli, tmp_path, resnet20):
+    state = {k: v.clone() for k, v in resnet20.state_dict().items()}
+    state["layer3.2.conv2.weight"].fill_(float("nan"))
+    ckpt = saved(tmp_path, state, "diverged.pt")
+    result = run_cli("onnx", ckpt, "--arch", "resnet20", "-o", "m.onnx")
+    from helpers import assert_clean_error
+
+    assert_clean_error(result, "checkpoint", "diverged.pt", "1 tensor holds NaN or Inf (layer3.2.conv2.weight)")
+    assert "atol" not in result.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+@pytest.mark.parametrize("zipped", [True, False])
+def test_pickle_protocols_torch_reads_load_without_warnings(tmp_path, resnet20, protocol, zipped, recwarn):
+    """Issue 10: torch's two-line 'Detected pickle protocol' UserWarning was printed."""
+    path = saved(tmp_path, resnet20.state_dict(), pickle_protocol=protocol, _use_new_zipfile_serialization=zipped)
+    assert same_weights(load_model(path, "resnet20").model, resnet20)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+@pytest.mark.parametrize("zipped", [True, False])
+def test_pickle_protocols_4_and_5_are_refused_in_one_line_naming_the_protocol(tmp_path, resnet20, protocol,
+                                                                              zipped, recwarn):
+    path = saved(tmp_path, resnet20.state_dict(), pickle_protocol=protocol, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(InputError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert f"pickle protocol {protocol}" in message and "--unsafe-pickle" in message and "\n" not in message
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+    assert same_weights(load_model(load_checkpoint(path, unsafe_pickle=True), "resnet20").model, resnet20)
+
+
+def test_cli_pickle_protocol_refusal_is_the_only_output(run_cli, tmp_path, resnet20):
+    ckpt = saved(tmp_path, resnet20.state_dict(), "p5.pt", pickle_protocol=5)
+    result = run_cli("onnx", ckpt, "--arch", "resnet20", "-o", "m.onnx")
+    from helpers import assert_clean_error
+
+    assert_clean_error(result, "pickle protocol 5")
+    assert result.stderr.strip().count("\n") == 0, result  # no UserWarning lines before it

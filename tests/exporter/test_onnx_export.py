@@ -246,3 +246,17 @@ def test_cli_refuses_a_non_writable_directory(run_cli, tmp_path, checkpoint):
     result = run_cli("onnx", checkpoint, "--arch", "resnet20", "-o", target / "m.onnx")
     assert_clean_error(result, "cannot write")
     assert not (target / "m.onnx").exists()
+
+
+def test_parity_on_a_model_that_overflows_says_no_tolerance_helps(tmp_path, realistic_model):
+    """Issue 10: finite weights whose outputs overflow failed parity with 'Loosen --atol/--rtol'."""
+    model = realistic_model("resnet20")
+    with torch.no_grad():
+        model.fc.weight.fill_(3e38)  # finite, but 64 of them summed overflow float32
+    out = tmp_path / "m.onnx"
+    with pytest.raises(CheckFailed) as err:
+        export_onnx(loaded(model, "resnet20"), out, ExportConfig(arch="resnet20"))
+    message = str(err.value)
+    assert "NaN or Inf in PyTorch itself" in message and "no tolerance" in message
+    assert "atol" not in message and not out.exists()
+    assert err.value.report.cases[0].reference_nonfinite > 0

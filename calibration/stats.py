@@ -108,20 +108,34 @@ def collect_cached(model, model_bytes: bytes, inputs: np.ndarray, data_sha256: s
     Returns (stats, cache_hit)."""
     key = hashlib.sha256(model_bytes + data_sha256.encode() + STATS_VERSION.encode()).hexdigest()[:32]
     path = cache_dir() / f"{key}.npz"
+    tensors = activation_tensors(model)
     if use_cache and path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                stats = {str(n): TensorStats(float(a), float(b), h)
-                         for n, a, b, h in zip(z["names"], z["min"], z["max"], z["hist"])}
+        stats = _load(path, tensors)
+        if stats is not None:
             log.info("using cached activation statistics (%s)", path)
             return stats, True
-        except (OSError, ValueError, KeyError):
-            log.info("ignoring an unreadable statistics cache at %s", path)
-    tensors = activation_tensors(model)
     stats = collect(model, inputs, tensors, batch_size)
     if use_cache:
         _save(path, stats)
     return stats, False
+
+
+def _load(path: Path, tensors: list[str]) -> dict[str, TensorStats] | None:
+    """A cache entry, or None (logged) when it cannot be used: truncated, corrupt, or not what this
+    version writes. A cache is an optimisation: such an entry is collected again and rewritten."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names, lo, hi, hist = (z[k] for k in ("names", "min", "max", "hist"))
+        names = [str(n) for n in names.tolist()]
+        if (names != tensors or lo.shape != (len(names),) or hi.shape != (len(names),)
+                or hist.shape != (len(names), BINS) or hist.dtype.kind not in "iu" or lo.dtype.kind != "f"
+                or hi.dtype.kind != "f"):
+            raise ValueError("its arrays do not describe this model's activations")
+        return {n: TensorStats(float(a), float(b), h.astype(np.int64)) for n, a, b, h in zip(names, lo, hi, hist)}
+    except Exception as e:  # BadZipFile, EOFError, zlib.error, KeyError, ValueError, OSError, ...
+        log.info("ignoring an unreadable statistics cache entry %s (%s: %s); collecting the statistics again",
+                 path, type(e).__name__, " ".join(str(e).split()))
+        return None
 
 
 def _save(path: Path, stats: dict[str, TensorStats]) -> None:
@@ -136,4 +150,4 @@ def _save(path: Path, stats: dict[str, TensorStats]) -> None:
                          max=np.array([stats[n].max for n in names]),
                          hist=np.stack([stats[n].hist for n in names]))
     except Exception as e:  # a cache is an optimisation: never fail the calibration over it
-        log.info("could not write the statistics cache %s (%s)", path, e)
+        log.info("activation statistics not cached: %s", " ".join(str(e).split()))

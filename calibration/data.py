@@ -2,8 +2,13 @@
 
 Sources
 - a directory of images: ImageNet-style class subfolders (labelled) or flat (unlabelled);
-- `.npy` (N x C x H x W, already preprocessed) or `.npz` (the array under the model's input
-  name, or its only array; optional `labels`);
+- `.npy` or `.npz` (the array under the model's input name, or its only array; optional
+  `labels`): N x C x H x W, either float (preprocessed: the values the model takes) or uint8
+  (pixels at the model's input size, in its channel order, scaled and normalised here as its
+  preprocessing says); labels are integer class indices (integer-valued floats too) or the
+  model's label names. Anything else (other integer types, booleans, complex numbers, strings,
+  records, Python objects) is refused with one line; pickled arrays are never loaded. Only the
+  samples used are read: a .npy is memory-mapped, an .npz member read one sample at a time;
 - `demo`, `demo:train`, `demo:test`: the embedded digits dataset (train by default).
 
 Images go through `rexport.runtime.preprocess`, the same code the runtime uses, with the
@@ -14,7 +19,10 @@ classes are known. Unreadable images are skipped and counted; no usable sample i
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +96,7 @@ def load_calibration_data(source: str | os.PathLike, info: ModelInfo, *, samples
         if path.is_dir():
             data = _folder(path, info, pre, samples, seed)
         elif path.suffix.lower() in (".npy", ".npz"):
-            data = _arrays(path, info)
+            data = _arrays(path, info, pre, samples, seed)
         else:
             raise InputError(f"data source {path} is not a folder, .npy or .npz file")
     data = _subsample(data, samples, seed)
@@ -149,26 +157,158 @@ def _folder(root: Path, info: ModelInfo, pre: Preprocess, samples: int | None, s
                            str(root), skipped)
 
 
-def _arrays(path: Path, info: ModelInfo) -> CalibrationData:
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a member first; an empty archive
+READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
+KINDS = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "byte strings", "V": "records",
+         "M": "dates", "m": "time spans", "O": "Python objects"}
+
+
+def _arrays(path: Path, info: ModelInfo, pre: Preprocess, samples: int | None, seed: int) -> CalibrationData:
+    """A .npy or .npz (told apart by content, not name), reading only the samples used."""
     try:
-        if path.suffix.lower() == ".npy":
-            arrays, labels = np.load(path, allow_pickle=False), None
-        else:
-            with np.load(path, allow_pickle=False) as z:
-                keys = [k for k in z.files if k != "labels"]
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic.startswith(ZIP_MAGICS):
+            with zipfile.ZipFile(path) as z:
+                arrays = {m[:-4]: m for m in z.namelist() if m.endswith(".npy")}
+                keys = [k for k in arrays if k != "labels"]
                 key = info.input_name if info.input_name in keys else keys[0] if len(keys) == 1 else None
                 if key is None:
                     raise InputError(f"{path} holds {', '.join(keys) or 'no arrays'}; store the inputs under "
                                      f"the model's input name {info.input_name!r}")
-                arrays, labels = z[key], (z["labels"] if "labels" in z.files else None)
-    except (ValueError, OSError) as e:
-        raise InputError(f"cannot read arrays from {path}: {e}") from None
-    if arrays.ndim != 4:
-        raise InputError(f"{path}: expected N x C x H x W arrays, got shape {arrays.shape}")
-    if labels is not None and len(labels) != len(arrays):
-        raise InputError(f"{path}: {len(labels)} labels for {len(arrays)} inputs")
-    return CalibrationData(arrays.astype(np.float32, copy=False),
-                           None if labels is None else labels.astype(np.int64), str(path))
+                inputs = _Member(z, arrays[key], f"{path} ({key})")
+                labels = _Member(z, arrays["labels"], f"{path} (labels)") if "labels" in arrays else None
+                return _select(str(path), inputs.shape, inputs.dtype, inputs.rows, labels, info, pre, samples, seed)
+        if magic == NPY_MAGIC:
+            with open(path, "rb") as f:
+                _header(f, str(path))  # refuses Python objects before numpy sees the data
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+            return _select(str(path), mapped.shape, mapped.dtype, lambda idx: np.array(mapped[idx]), None, info,
+                           pre, samples, seed)
+        raise InputError(f"{path} is not a NumPy .npy or .npz file (it has neither header)")
+    except READ_ERRORS as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"cannot read arrays from {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
+
+
+def _header(f, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the .npy at `f`'s position; refuses Python objects."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise InputError(f"{where}: NumPy file format {version[0]}.{version[1]} is not supported; save the "
+                         "array with numpy.save / numpy.savez")
+    if dtype.hasobject:
+        raise InputError(f"{where} holds Python objects (pickled data), which rexport never loads; store plain "
+                         "numeric arrays")
+    return shape, fortran, dtype
+
+
+class _Member:
+    """An array inside an .npz, read only as far as needed: `rows(idx)` holds just those samples."""
+
+    def __init__(self, z: zipfile.ZipFile, member: str, where: str):
+        self.z, self.member, self.where = z, member, where
+        with z.open(member) as f:
+            self.shape, self.fortran, self.dtype = _header(f, where)
+            self.offset = f.tell()
+        self.nbytes = math.prod(self.shape) * self.dtype.itemsize
+        if z.getinfo(member).file_size != self.offset + self.nbytes:
+            raise InputError(f"{where} is truncated or damaged: its header describes {self.offset + self.nbytes} "
+                             f"bytes, the archive holds {z.getinfo(member).file_size}")
+
+    def read(self) -> np.ndarray:
+        with self.z.open(self.member) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+
+    def rows(self, idx: list[int]) -> np.ndarray:
+        if self.fortran or len(self.shape) < 1:  # samples are not contiguous: the whole array
+            return self.read()[idx]
+        row = self.nbytes // self.shape[0] if self.shape[0] else 0
+        out = np.empty((len(idx), *self.shape[1:]), self.dtype)
+        with self.z.open(self.member) as f:
+            position = 0
+            for j in np.argsort(idx, kind="stable").tolist():  # forward only: a deflated member cannot seek back
+                start = self.offset + idx[j] * row
+                while position < start:  # skip in small reads (ZipExtFile.seek reads up to 16 MB at once)
+                    skipped = len(f.read(min(start - position, 1 << 18)))
+                    if not skipped:
+                        break
+                    position += skipped
+                block = f.read(row)
+                position += len(block)
+                if len(block) != row:
+                    raise InputError(f"{self.where} is truncated (sample {idx[j]} is cut short)")
+                out[j] = np.frombuffer(block, self.dtype).reshape(self.shape[1:])
+        return out
+
+
+def _select(where: str, shape: tuple[int, ...], dtype: np.dtype, rows, labels: _Member | None, info: ModelInfo,
+            pre: Preprocess, samples: int | None, seed: int) -> CalibrationData:
+    """Check the inputs' shape and type and the labels, then read the chosen samples only."""
+    if dtype.kind != "f" and dtype != np.uint8:
+        what = KINDS.get(dtype.kind, f"{dtype} integers" if dtype.kind in "iu" else str(dtype))
+        raise InputError(f"{where}: the inputs are {what}; rexport takes float arrays (preprocessed, the values the "
+                         "model takes) or uint8 pixels (normalised here with the model's preprocessing)")
+    if len(shape) != 4:
+        raise InputError(f"{where}: expected N x C x H x W arrays, got shape {tuple(shape)}")
+    if tuple(shape[1:]) != info.input_shape:
+        raise InputError(f"{where} has samples of shape {'x'.join(map(str, shape[1:]))} but the model "
+                         f"takes {'x'.join(map(str, info.input_shape))}; preprocess to the model's input size")
+    n = shape[0]
+    y = None if labels is None else _labels(labels, n, where, info)
+    chosen = _pick(n, None if y is None else y.tolist(), samples, seed)
+    x = rows(chosen)
+    if dtype == np.uint8:  # pixels, in the model's channel order, at its input size
+        x = x.astype(np.float32) / np.float32(pre.max_pixel_value)
+        x = (x - np.asarray(pre.mean, np.float32)[:, None, None]) / np.asarray(pre.std, np.float32)[:, None, None]
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            wide = x
+            x = x.astype(np.float32)
+        beyond = np.isinf(x) & np.isfinite(wide)
+        if beyond.any():
+            raise InputError(f"{where} holds values beyond the float32 range (e.g. {wide[beyond].flat[0]:g}); "
+                             "the model takes float32 inputs: check the preprocessing")
+    return CalibrationData(np.ascontiguousarray(x), None if y is None else y[chosen], where)
+
+
+def _labels(member: _Member, n: int, where: str, info: ModelInfo) -> np.ndarray:
+    """Class indices from an .npz's `labels`: integers, integer-valued floats, or label names."""
+    if len(member.shape) != 1:
+        raise InputError(f"{where}: labels must be one class index per input, not an array of shape "
+                         f"{tuple(member.shape)}")
+    if member.shape[0] != n:
+        raise InputError(f"{where}: {member.shape[0]} labels for {n} inputs")
+    kind = member.dtype.kind
+    if kind not in "iufUS":
+        raise InputError(f"{where}: the labels are {KINDS.get(kind, str(member.dtype))}; store class indices "
+                         f"0..{info.num_classes - 1} (integers) or the model's label names")
+    labels = member.read()
+    if kind in "US":
+        names = labels.astype(str)
+        if not info.labels:
+            raise InputError(f"{where}: the labels are names (e.g. {names[0]!r}) but the model has no label names; "
+                             f"store class indices 0..{info.num_classes - 1}")
+        unknown = sorted(set(names.tolist()) - set(info.labels))
+        if unknown:
+            raise InputError(f"{where}: label {unknown[0]!r} is not one of the model's labels "
+                             f"({', '.join(info.labels[:5])}{', ...' if len(info.labels) > 5 else ''})")
+        index = {name: i for i, name in enumerate(info.labels)}
+        return np.array([index[name] for name in names.tolist()], np.int64)
+    if kind == "f":
+        whole = np.isfinite(labels) & (labels == np.floor(labels))
+        if not whole.all():
+            raise InputError(f"{where}: labels must be class indices, but some are not whole numbers "
+                             f"(e.g. {labels[~whole][0]:g} for sample {int(np.argmin(whole))})")
+    if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
+        raise InputError(f"{where} has labels outside 0..{info.num_classes - 1}")
+    return labels.astype(np.int64)
 
 
 def _pick(n: int, labels: list[int] | None, samples: int | None, seed: int) -> list[int]:

@@ -96,6 +96,10 @@ def bad_inputs(tmp_path):
     nan[1, 0, 0, 0] = np.nan
     np.save(tmp_path / "nan.npy", nan)
     np.save(tmp_path / "unlabelled.npy", np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "named.npz", input=x, labels=np.array(["zero", "one", "two", "three"]))  # issue 10: a bug
+    np.save(tmp_path / "complex.npy", x.astype(np.complex64))  # issue 10: ComplexWarning, then accepted
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 4, dtype=object), allow_pickle=True)
     return tmp_path
 
 
@@ -106,6 +110,9 @@ def bad_inputs(tmp_path):
     ("nan.npy", [], "NaN or Inf"),
     ("unlabelled.npy", ["--max-top1-drop", "0.5"], "needs labelled validation data"),
     ("nowhere", [], "does not exist"),
+    ("named.npz", [], "label 'one' is not one of the model's labels"),
+    ("complex.npy", [], "the inputs are complex numbers"),
+    ("objects.npy", [], "never loads"),
     ("demo:validation", [], "unknown demo split"),
     ("demo", ["--method", "kl"], ""),
     ("demo", ["--percentile", "0", "--method", "percentile"], "percentile"),

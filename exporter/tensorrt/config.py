@@ -77,6 +77,7 @@ class BuildConfig:
     calib_data: str | None = None
     calib_method: str = "entropy"
     calib_samples: int = 512
+    calib_refine: str = "all"  # refinements after the calibrator (calibration/refine.py): a comma list, all, none
     calib_cache: str | None = None  # TensorRT 10 calibration cache: read if it exists, written after
     batch: BatchRange | None = None  # default: the model's recorded batch range
     min_shapes: Shapes | None = None
@@ -117,6 +118,10 @@ class BuildConfig:
         if self.legacy_calibrator and self.calib_method not in CALIBRATION_METHODS:
             raise InputError(f"the legacy calibrator takes --calib-method {' or '.join(CALIBRATION_METHODS)}, "
                              f"not {self.calib_method!r}")
+        from rexport.calibration.refine import REFINEMENTS, parse_refinements
+
+        refine = parse_refinements(self.calib_refine)  # checks the names
+        object.__setattr__(self, "calib_refine", "all" if refine == REFINEMENTS else ",".join(refine) or "none")
         for name in ("calib_samples", "val_samples"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name.replace('_', '-')} must be >= 1, not {getattr(self, name)}")

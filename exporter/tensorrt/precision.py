@@ -14,6 +14,7 @@ from rexport.console import log
 from rexport.errors import InputError, require
 from rexport.exporter.tensorrt.config import BuildConfig
 from rexport.files import sha256_file
+from rexport.onnx_file import check_external_data, check_finite, check_model_path, graph_io, parse_onnx
 from rexport.runtime.metadata import ModelInfo
 from rexport.runtime.trt_compat import TensorRT
 
@@ -32,16 +33,14 @@ class OnnxSummary:
 def read_onnx(path: str | os.PathLike) -> OnnxSummary:
     """Precision (metadata_props `precision`, else from the graph), Q/DQ presence and ModelInfo."""
     onnx = require("onnx", "trt", "read ONNX models for TensorRT")
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf raises its own DecodeError types
-        raise InputError(f"{path} is not a readable ONNX file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-                         ) from None
+    path = check_model_path(path)
+    model = parse_onnx(path)  # without its external data: TensorRT's parser reads that itself
+    check_external_data(model, path)
+    check_finite(model, str(path))
     props = {p.key: p.value for p in model.metadata_props}
     info = ModelInfo.from_props(props) if "num_classes" in props else None
+    if info is not None:
+        info.check_graph(*graph_io(model), where=str(path))
     has_qdq = any(n.op_type in QDQ_OPS for n in model.graph.node)
     precision = props.get("precision", "").strip('"') or None
     if precision is None:
@@ -118,6 +117,7 @@ def prepare_onnx(source: OnnxSummary, plan: PrecisionPlan, config: BuildConfig, 
         return Path(to_fp16(source.path, work / f"{stem}.fp16.onnx", inputs=inputs, overwrite=True).path), None
     if plan.how == "quantize":
         from rexport.calibration import QuantizeConfig, quantize
+        from rexport.calibration.refine import parse_refinements
 
         if config.calib_data is None:
             raise InputError("--int8 needs calibration data to make a Q/DQ ONNX: pass --calib-data DIR "
@@ -127,6 +127,7 @@ def prepare_onnx(source: OnnxSummary, plan: PrecisionPlan, config: BuildConfig, 
         result = quantize(source.path, work / f"{stem}.int8.onnx",
                           QuantizeConfig(data=config.calib_data, method=config.calib_method, target="trt",
                                          samples=config.calib_samples, seed=config.seed, overwrite=True,
+                                         refine=parse_refinements(config.calib_refine),
                                          trt_version=trt_version))
         return Path(result.path), result
     return source.path, None

@@ -143,12 +143,30 @@ def test_int8_calibrates_a_trt_target_qdq_onnx_and_builds_strongly_typed(tmp_pat
     assert result.sidecar.built_from["sha256"] != result.sidecar.source_onnx["sha256"]
     calibration = result.sidecar.model.calibration
     assert (calibration["method"], calibration["target"], calibration["samples"]) == ("entropy", "trt", 32)
+    assert qconfig.refine == ("ranges", "gptq", "bias") and calibration["refine"] == list(qconfig.refine)
+    assert "--calib-refine" not in result.sidecar.rebuild_command  # the default
     assert calibration["census"] == json.loads(props(parsed)["calibration"])["census"]
     report = result.validation  # FP32 ONNX vs the Q/DQ ONNX (ONNX Runtime) and the engine, on --calib-data
     assert report.passed and report.gates == Gates(min_agreement=DEFAULT_AGREEMENT["int8"])
     assert report.data == f"64 {tiny_data}" and report.rows[0].top1 == 1.0  # labelled by the FP32 model
     assert list(rows(report)) == ["onnxruntime m.onnx (cpu)", "onnxruntime int8 (cpu)", "tensorrt int8"]
     assert report.rows[1].agreement == report.rows[2].agreement >= 0.95  # the double runs the same Q/DQ ONNX
+
+
+@pytest.mark.parametrize("refine, expected, flag", [("none", (), "--calib-refine none"),
+                                                    ("bias,ranges", ("bias", "ranges"), "--calib-refine bias,ranges")])
+def test_int8_refinements_are_chosen_and_recorded(tmp_path, trt, tiny, tiny_data, pipeline, refine, expected, flag):
+    result = build(tmp_path, tiny(), precision="int8", calib_data=str(tiny_data), calib_samples=16, calib_refine=refine,
+                   validate=False)
+    assert pipeline.only("quantize")["config"].refine == expected
+    assert result.sidecar.model.calibration["refine"] == list(expected)
+    assert flag in result.sidecar.rebuild_command
+
+
+def test_unknown_refinement_is_refused_before_any_work(tmp_path, trt, tiny, tiny_data, pipeline):
+    with pytest.raises(InputError, match="unknown refinement 'adaround'"):
+        build(tmp_path, tiny(), precision="int8", calib_data=str(tiny_data), calib_refine="gptq,adaround")
+    assert trt.builds == [] and pipeline.calls == []
 
 
 def test_qdq_onnx_weakly_typed_on_10x_gets_the_int8_flag(tmp_path, trt, tiny):

@@ -562,6 +562,8 @@ def demo_cmd(output: str, json_path: str | None, force: bool) -> None:
 @click.option("--calib-method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
               show_default=True)
 @click.option("--calib-samples", type=int, default=512, show_default=True)
+@click.option("--calib-refine", default="all", show_default=True, metavar="LIST",
+              help="After calibration: ranges, gptq, bias (as calibrate's --refine); a comma list, all or none.")
 @click.option("--calib-cache", type=click.Path(dir_okay=False),
               help="TensorRT 10 calibration cache: read if it exists, written after calibrating.")
 @click.option("--batch", help="MIN:OPT:MAX batch profile (default: the batch range recorded in the ONNX).")
@@ -590,7 +592,7 @@ def demo_cmd(output: str, json_path: str | None, force: bool) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the build report as JSON.")
 @click.option("--force", is_flag=True, help="Replace an existing engine and sidecar.")
 def trt_cmd(onnx_path, output, fp16, int8, rtx, compute_capability, fp16_flag, legacy_calibrator, weakly_typed, calib_data, calib_method,
-            calib_samples, calib_cache, batch, min_shapes, opt_shapes, max_shapes, workspace, timing_cache,
+            calib_samples, calib_refine, calib_cache, batch, min_shapes, opt_shapes, max_shapes, workspace, timing_cache,
             merge_timing_cache, opt_level, hardware_compat, version_compatible, dla_core, no_gpu_fallback,
             no_validate, val_data, val_samples, min_agreement, max_top1_drop, reference, seed, json_path,
             force) -> None:
@@ -608,7 +610,7 @@ def trt_cmd(onnx_path, output, fp16, int8, rtx, compute_capability, fp16_flag, l
     config = BuildConfig(precision=precision, flavour="rtx" if rtx else None,
                          compute_capabilities=compute_capability, fp16_flag=fp16_flag, legacy_calibrator=legacy_calibrator,
                          weakly_typed=weakly_typed, calib_data=calib_data, calib_method=calib_method,
-                         calib_samples=calib_samples, calib_cache=calib_cache, batch=batch, min_shapes=min_shapes,
+                         calib_samples=calib_samples, calib_refine=calib_refine, calib_cache=calib_cache, batch=batch, min_shapes=min_shapes,
                          opt_shapes=opt_shapes, max_shapes=max_shapes, workspace=workspace, timing_cache=timing_cache,
                          merge_timing_caches=merge_timing_cache, optimization_level=opt_level,
                          hardware_compatibility=hardware_compat, version_compatible=version_compatible,

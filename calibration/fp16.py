@@ -24,6 +24,7 @@ from rexport.calibration.stats import activation_tensors, run_intermediates
 from rexport.console import log
 from rexport.errors import CheckFailed, InputError
 from rexport.files import atomic_output, check_output
+from rexport.onnx_file import graph_io, load_onnx
 from rexport.onnx_graph import initializers, onnx_module, producers, topological_sort
 from rexport.runtime.metadata import ModelInfo
 
@@ -51,16 +52,11 @@ class Fp16Result:
 
 
 def read_model(path: str | os.PathLike):
-    """Load an ONNX file with its rexport description; clear errors for the wrong file."""
-    onnx = onnx_module()
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"model {path} does not exist")
-    try:
-        model = onnx.load(str(path))
-    except Exception as e:  # protobuf DecodeError and friends
-        raise InputError(f"{path} is not a readable ONNX file ({type(e).__name__})") from None
+    """Load an ONNX file (external data read in, weights finite: rexport.onnx_file) with its rexport
+    description, checked against the graph; clear errors for the wrong file."""
+    model = load_onnx(path)
     info = ModelInfo.from_props({p.key: p.value for p in model.metadata_props})
+    info.check_graph(*graph_io(model), where=str(path))
     return model, info
 
 

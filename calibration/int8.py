@@ -192,7 +192,9 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
         notes.append("weights in [-127, 127] (reduce_range off): x86 CPUs without VNNI saturate int16 sums and "
                      "lose accuracy on this file; run it only on CPUs with VNNI")
 
-    model_bytes = Path(onnx_path).read_bytes()
+    # the loaded model, not the file: its external data (weights beside the .onnx) is read in, and
+    # ONNX Runtime cannot resolve external data for a model given as bytes
+    model_bytes = model.SerializeToString()
     stats, cache_hit = collect_cached(model, model_bytes, calib.inputs, calib.sha256, config.batch_size,
                                       config.use_stats_cache)
     work = onnx.ModelProto()

@@ -58,6 +58,29 @@ class BatchRange:
         return str(self.min) if self.static else f"{self.min}:{self.opt}:{self.max}"
 
 
+FLOAT_TYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    """One input or output of a model graph or engine, as its file declares it.
+
+    shape: one entry per axis, None where the axis is dynamic (symbolic); dtype: numpy's name
+    ("float32", "float16", "int64"...), None when unknown."""
+
+    name: str
+    shape: tuple[int | None, ...] | None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.shape is not None:
+            object.__setattr__(self, "shape", tuple(d if isinstance(d, int) and d >= 0 else None
+                                                    for d in self.shape))
+
+    def describe(self) -> str:
+        return "x".join("?" if d is None else str(d) for d in self.shape) if self.shape is not None else "?"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Everything needed to feed a model and read its answer, plus where it came from."""
@@ -93,6 +116,47 @@ class ModelInfo:
         if self.input_shape[0] != self.preprocess.num_channels:
             raise InputError(f"preprocess gives {self.preprocess.num_channels} channel(s) "
                              f"({self.preprocess.channels}) but the model takes {self.input_shape[0]}")
+
+    def check_graph(self, inputs: list[GraphIO], outputs: list[GraphIO], where: str, *,
+                    check_batch: bool = True, fix: str = "re-export it with `rexport onnx`") -> None:
+        """Refuse a description that does not fit the graph it travels with: the input's name,
+        channels and size, the output's name and number of classes, float I/O, and (for ONNX,
+        check_batch) a fixed batch size. Dynamic axes match anything."""
+        def refuse(what: str) -> None:
+            raise InputError(f"{where}: its rexport metadata does not match its graph: {what}; the file was edited "
+                             f"or assembled by hand: {fix}")
+
+        names = ", ".join(repr(i.name) for i in inputs) or "none"
+        if len(inputs) != 1:
+            refuse(f"rexport models take one image input, the graph has {len(inputs)} ({names})")
+        (inp,) = inputs
+        if inp.name != self.input_name:
+            refuse(f"the metadata names the input {self.input_name!r} but the graph's input is {inp.name!r}")
+        by_name = {o.name: o for o in outputs}
+        if self.output_name not in by_name:
+            refuse(f"the metadata names the output {self.output_name!r} but the graph's outputs are "
+                   f"{', '.join(repr(n) for n in by_name) or 'none'}")
+        out = by_name[self.output_name]
+        if inp.dtype is not None and inp.dtype != "float32":
+            refuse(f"the input {inp.name!r} is {inp.dtype}, but rexport feeds float32 (preprocessed images)")
+        if out.dtype is not None and out.dtype not in FLOAT_TYPES:
+            refuse(f"the output {out.name!r} is {out.dtype}, not float logits")
+        want = "x".join(map(str, self.input_shape))
+        if inp.shape is not None:
+            if len(inp.shape) != 4:
+                refuse(f"the metadata says input N x {want} (NCHW) but the graph's input is {inp.describe()}")
+            if any(g is not None and g != m for g, m in zip(inp.shape[1:], self.input_shape)):
+                refuse(f"the metadata says input {want} (CxHxW) but the graph takes "
+                       f"{'x'.join('?' if d is None else str(d) for d in inp.shape[1:])}")
+            fixed = inp.shape[0]
+            if check_batch and fixed is not None and not (self.batch.static and self.batch.min == fixed):
+                refuse(f"the metadata says batch {self.batch} but the graph's input has a fixed batch of {fixed}")
+        if out.shape is not None:
+            if len(out.shape) < 2:
+                refuse(f"the output {out.name!r} has shape {out.describe()}, not N x classes")
+            if out.shape[-1] is not None and out.shape[-1] != self.num_classes:
+                refuse(f"the metadata says {self.num_classes} classes but the graph outputs {out.shape[-1]} "
+                       f"logits ({out.name!r} is {out.describe()})")
 
     def replace(self, **changes) -> "ModelInfo":
         return replace(self, **changes)

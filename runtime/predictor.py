@@ -21,6 +21,7 @@ import numpy as np
 
 from rexport.console import log
 from rexport.errors import InputError
+from rexport.onnx_file import check_model_path
 from rexport.runtime.backends.base import Backend
 from rexport.runtime.metadata import BatchRange, ModelInfo
 from rexport.runtime.preprocess import ImageLike, Preprocess, preprocess
@@ -104,13 +105,15 @@ class Predictor:
     def preprocessing(self) -> Preprocess:
         return self.info.preprocess
 
-    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
-        return preprocess(images, self.info.preprocess)
+    def preprocess(self, images: ImageLike | Sequence[ImageLike], *, max_pixels: int | None = None) -> np.ndarray:
+        """Images -> the model's NCHW input; files above max_pixels (default 64 MP) are refused."""
+        return preprocess(images, self.info.preprocess, max_pixels=max_pixels)
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5) -> Prediction | list[Prediction]:
+    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5, *,
+                max_pixels: int | None = None) -> Prediction | list[Prediction]:
         """One image -> a Prediction; a list (or N x H x W x C array) -> a list of them."""
         single = not isinstance(images, (list, tuple)) and not (isinstance(images, np.ndarray) and images.ndim == 4)
-        predictions = self.classify(self.run(self.preprocess(images)), top_k)
+        predictions = self.classify(self.run(self.preprocess(images, max_pixels=max_pixels)), top_k)
         return predictions[0] if single else predictions
 
     def classify(self, logits: np.ndarray, top_k: int = 5) -> list[Prediction]:
@@ -163,6 +166,17 @@ def _info_from_graph(backend: Backend, path: Path) -> ModelInfo:
                      input_name=backend.input_name, output_name=backend.output_name)
 
 
+def onnx_model_info(backend, path: Path) -> ModelInfo:
+    """The description an ONNX file carries, checked against its graph (names, input channels and
+    size, number of classes, fixed batch); the graph's own, said aloud, when it carries none."""
+    props = backend.metadata
+    if "num_classes" not in props:
+        return _info_from_graph(backend, path)
+    info = ModelInfo.from_props(props)
+    info.check_graph(*backend.graph_io(), where=str(path))
+    return info
+
+
 def open_model_file(path: Path, *, providers="auto", threads: int | None = None, device: int = 0
                     ) -> tuple[Backend, ModelInfo]:
     """A backend for one model file, and its description."""
@@ -171,10 +185,14 @@ def open_model_file(path: Path, *, providers="auto", threads: int | None = None,
         from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         backend = OnnxRuntimeBackend(path, providers=providers, threads=threads, device=device)
-        props = backend.metadata
-        info = ModelInfo.from_props(props) if "num_classes" in props else _info_from_graph(backend, path)
+        try:
+            info = onnx_model_info(backend, path)
+        except BaseException:
+            backend.close()
+            raise
         return backend, info
     if suffix in (".engine", ".plan", ".trt"):
+        check_model_path(path, "engine")  # a FIFO or device would hang the read
         from rexport.runtime.backends.tensorrt import TensorRTBackend
 
         backend = TensorRTBackend(path, device=device)

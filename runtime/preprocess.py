@@ -12,12 +12,18 @@ saw in validation:
     -> Normalize(mean, std)    (x - mean) / std in float32
 
 Calibration, validation, the demo's training and the Predictor all call this one module.
+
+Decoding is bounded: an image file (or bytes) with more than `max_image_pixels()` pixels,
+64 megapixels unless REXPORT_MAX_IMAGE_PIXELS or the `max_pixels` argument says otherwise, is
+refused from its header, before any pixel is decoded (a 144 MP PNG would take ~0.8 GB). Paths
+must be regular files: a FIFO or a device is refused instead of read forever.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -33,6 +39,24 @@ CHANNEL_ORDERS = {"RGB": 3, "BGR": 3, "L": 1}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 ImageLike = Union[str, os.PathLike, bytes, np.ndarray, Any]  # Any: a PIL.Image.Image
+
+MAX_IMAGE_PIXELS = 64_000_000  # the default cap on width x height of an image file we decode
+MAX_IMAGE_PIXELS_ENV = "REXPORT_MAX_IMAGE_PIXELS"
+
+
+def max_image_pixels() -> int:
+    """The pixel cap: $REXPORT_MAX_IMAGE_PIXELS (a positive integer) or MAX_IMAGE_PIXELS."""
+    text = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"{MAX_IMAGE_PIXELS_ENV} must be a positive number of pixels (e.g. 100000000), "
+                         f"not {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -155,8 +179,27 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def open_image(src: ImageLike):
-    """Decode a path, bytes, PIL image or HWC uint8 array into a loaded PIL image."""
+def _check_image_path(src: str | os.PathLike) -> None:
+    """A regular file: opening a FIFO blocks until a writer comes, and a device never ends."""
+    try:
+        mode = os.stat(src).st_mode
+    except FileNotFoundError:
+        raise InputError(f"image {src} does not exist") from None
+    except OSError as e:
+        raise InputError(f"cannot read image {src} ({e.strerror or e})") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{src} is a directory, not an image")
+    if not stat.S_ISREG(mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if (
+            stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else "a socket" if stat.S_ISSOCK(mode) else "a special file"
+        raise InputError(f"image {src} is {kind}, not a regular file; give image files")
+
+
+def open_image(src: ImageLike, *, max_pixels: int | None = None):
+    """Decode a path, bytes, PIL image or HWC uint8 array into a loaded PIL image.
+
+    Files and bytes with more than `max_pixels` pixels (default: max_image_pixels()) are
+    refused after reading the header, before decoding."""
     Image = _pil()
     if isinstance(src, Image.Image):
         return src
@@ -165,22 +208,54 @@ def open_image(src: ImageLike):
     if isinstance(src, (bytes, bytearray, memoryview)):
         fp, name = io.BytesIO(bytes(src)), "image bytes"
     elif isinstance(src, (str, os.PathLike)):
-        if not os.path.exists(src):
-            raise InputError(f"image {src} does not exist")
-        if os.path.isdir(src):
-            raise InputError(f"{src} is a directory, not an image")
+        _check_image_path(src)
         fp, name = src, str(src)
     else:
         raise InputError(f"cannot read an image from {type(src).__name__}; give a path, bytes, "
                          "a PIL image or an HxWxC uint8 array")
+    cap = max_image_pixels() if max_pixels is None else int(max_pixels)
+    if cap < 1:
+        raise InputError(f"max_pixels must be a positive number of pixels, not {max_pixels}")
+    img = None
     try:
-        img = Image.open(fp)
-        img.load()
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: the cap below decides, in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)  # reads the header only
+            width, height = img.size
+            if width * height > cap:
+                raise InputError(_too_big(name, f"{width}x{height} = {width * height / 1e6:.0f} MP", cap))
+            img.load()
+    except InputError:
+        _close(img)
+        raise
+    except Image.DecompressionBombError as e:  # PIL's own hard limit, below our cap when the cap was raised
+        _close(img)
+        raise InputError(_too_big(name, f"more than PIL's limit ({_first_line(e)})", cap)) from None
     except Image.UnidentifiedImageError:  # its message names the file object, e.g. <_io.BytesIO at 0x...>
+        _close(img)
         raise InputError(f"{name} is not an image PIL can decode (unknown or unsupported format)") from None
     except Exception as e:  # PIL raises many types: OSError (truncated), SyntaxError, ValueError...
-        raise InputError(f"{name} is not an image PIL can decode ({type(e).__name__}: {e})") from None
+        _close(img)
+        raise InputError(f"{name} is not an image PIL can decode ({type(e).__name__}: {_first_line(e)})") from None
     return img
+
+
+def _too_big(name: str, size: str, cap: int) -> str:
+    return (f"refusing to decode {name}: {size} is more than the {cap / 1e6:g} MP rexport decodes (a "
+            f"decompression bomb, or a photo to downscale first); set {MAX_IMAGE_PIXELS_ENV} to allow more")
+
+
+def _close(img) -> None:
+    if img is not None:
+        try:
+            img.close()
+        except Exception:  # closing is best effort; the error that brought us here matters
+            pass
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _array_to_pil(a: np.ndarray):
@@ -261,9 +336,9 @@ def normalize(pixels: np.ndarray, spec: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def preprocess_one(src: ImageLike, spec: Preprocess) -> np.ndarray:
-    """One image -> float32 CHW array."""
-    img = resize_and_crop(to_mode(open_image(src), spec.channels), spec)
+def preprocess_one(src: ImageLike, spec: Preprocess, *, max_pixels: int | None = None) -> np.ndarray:
+    """One image -> float32 CHW array (max_pixels: see open_image)."""
+    img = resize_and_crop(to_mode(open_image(src, max_pixels=max_pixels), spec.channels), spec)
     return normalize(np.asarray(img, dtype=np.uint8), spec)
 
 
@@ -277,9 +352,10 @@ def _as_list(images: Any) -> list:
     return list(images) if isinstance(images, Iterable) else [images]
 
 
-def preprocess(images: ImageLike | Sequence[ImageLike] | Iterable[ImageLike], spec: Preprocess) -> np.ndarray:
-    """Images -> float32 NCHW batch. A single image gives a batch of one."""
-    batch = [preprocess_one(img, spec) for img in _as_list(images)]
+def preprocess(images: ImageLike | Sequence[ImageLike] | Iterable[ImageLike], spec: Preprocess, *,
+               max_pixels: int | None = None) -> np.ndarray:
+    """Images -> float32 NCHW batch. A single image gives a batch of one (max_pixels: see open_image)."""
+    batch = [preprocess_one(img, spec, max_pixels=max_pixels) for img in _as_list(images)]
     if not batch:
         raise InputError("no images given")
     return np.stack(batch)

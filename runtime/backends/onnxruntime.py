@@ -14,13 +14,18 @@ from pathlib import Path
 import numpy as np
 
 from rexport.errors import InputError, RexportError, require
+from rexport.onnx_file import check_model_path, explain_unloadable
 from rexport.runtime.backends.base import Backend
+from rexport.runtime.metadata import GraphIO
 
 # What "auto" tries, best first; only those this onnxruntime build has are used.
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider"}
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+             "tensor(bfloat16)": "bfloat16", "tensor(int64)": "int64", "tensor(int32)": "int32",
+             "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
 
 
 def resolve_providers(providers: str | list[str] | tuple[str, ...] = "auto") -> list[str]:
@@ -59,13 +64,20 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = int(threads)
         self.providers = resolve_providers(providers)
         self.device = device
+        if not isinstance(model, bytes):  # a FIFO or device would hang onnxruntime; an empty file misleads it
+            model = check_model_path(model)
         try:
             source = model if isinstance(model, bytes) else os.fspath(model)
             self.session = ort.InferenceSession(
                 source, options, providers=[(p, _provider_options(p, device, model)) for p in self.providers])
         except Exception as e:  # onnxruntime raises its own exception types per failure
-            where = "the model" if isinstance(model, bytes) else str(model)
-            raise RexportError(f"onnxruntime cannot load {where}: {str(e).strip().splitlines()[0]}") from None
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if isinstance(model, bytes):
+                raise RexportError(f"onnxruntime cannot load the model: {message}") from None
+            reason = explain_unloadable(model, str(e))  # the file's fault, said plainly, when we can tell
+            if reason:
+                raise InputError(reason) from None
+            raise RexportError(f"onnxruntime cannot load {model}: {message}") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
             raise InputError(f"expected a model with one image input, found {len(inputs)} inputs")
@@ -75,6 +87,14 @@ class OnnxRuntimeBackend(Backend):
         active = self.session.get_providers()
         self.on_gpu = bool(active) and active[0] in GPU_PROVIDERS
         self.name = f"onnxruntime {active[0].replace('ExecutionProvider', '')}" if active else "onnxruntime"
+
+    def graph_io(self) -> tuple[list[GraphIO], list[GraphIO]]:
+        """The session's inputs and outputs, for ModelInfo.check_graph."""
+        def describe(arg) -> GraphIO:
+            shape = tuple(d if isinstance(d, int) else None for d in arg.shape) if arg.shape is not None else None
+            return GraphIO(arg.name, shape, ORT_TYPES.get(arg.type))
+
+        return [describe(i) for i in self.session.get_inputs()], [describe(o) for o in self.session.get_outputs()]
 
     @property
     def metadata(self) -> dict[str, str]:

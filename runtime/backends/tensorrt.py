@@ -29,6 +29,7 @@ from rexport.files import atomic_output
 from rexport.runtime import cuda
 from rexport.runtime.backends.base import Backend
 from rexport.runtime.engine_sidecar import EngineSidecar
+from rexport.runtime.metadata import GraphIO
 from rexport.runtime.trt_compat import FLAVOURS, TensorRT, installed_flavours, load_tensorrt, product_name
 
 
@@ -125,6 +126,14 @@ class TensorRTBackend(Backend):
             self.profile = (self.input_shape,) * 3
         self.min_batch, self.max_batch = self.profile[0][0], self.profile[2][0]
         self.dtypes = {n: self._compat.numpy_dtype(engine.get_tensor_dtype(n)) for n in names}
+        if self.info is not None:  # the sidecar's description must fit the engine it describes
+            def io(name: str) -> GraphIO:
+                return GraphIO(name, tuple(int(d) for d in engine.get_tensor_shape(name)),
+                               np.dtype(self.dtypes[name]).name)
+
+            self.info.check_graph([io(self.input_name)], [io(n) for n in self.output_names],
+                                  where=f"{self.path} (with its sidecar)", check_batch=False,
+                                  fix="rebuild the engine from a rexport ONNX with `rexport trt`")
         self.device_memory = self._compat.device_memory_size(engine)
 
     def _allocate(self) -> None:

@@ -58,7 +58,8 @@ def check_model_path(path: str | os.PathLike, what: str = "model") -> Path:
         raise InputError(f"{what} {path} is {_special_kind(st.st_mode)}, not a regular file; "
                          "give the model file itself")
     if st.st_size == 0:
-        raise InputError(f"{what} {path} is empty (0 bytes): it is not an ONNX model; export or copy it again")
+        kind = "an ONNX model" if path.suffix.lower() == ".onnx" else f"a {what}"
+        raise InputError(f"{what} {path} is empty (0 bytes), not {kind}; export or copy it again")
     if not os.access(path, os.R_OK):
         raise InputError(f"cannot read {what} {path} (permission denied)")
     return path

@@ -121,7 +121,7 @@ def test_cli_missing_external_data_is_one_line(run_cli, tmp_path, tiny_model):
 
 @pytest.mark.parametrize("opener", OPENERS)
 @pytest.mark.parametrize("content, fragment", [
-    (b"", "is empty (0 bytes): it is not an ONNX model"),
+    (b"", "is empty (0 bytes), not an ONNX model"),
     (b"\x00" * 16, "not a readable ONNX file"),
     (onnx.ModelProto(ir_version=8).SerializeToString(), "holds no graph"),
     (b"PK\x03\x04 this is a zip, not a model", "not a readable ONNX file"),

@@ -26,6 +26,7 @@ import numpy as np
 from rexport.console import log
 from rexport.errors import CompatibilityError, InputError, MissingDependency, RexportError
 from rexport.files import atomic_output
+from rexport.onnx_file import check_model_path
 from rexport.runtime import cuda
 from rexport.runtime.backends.base import Backend
 from rexport.runtime.engine_sidecar import EngineSidecar
@@ -68,9 +69,7 @@ class TensorRTBackend(Backend):
         self._context = self._engine = self._runtime = self._runtime_cache = None
         self._cache_saved_at = 0  # runs when the cache was last saved: nothing to save before the first
         self.runs = 0
-        self.path = Path(engine)
-        if not self.path.is_file():
-            raise InputError(f"engine {self.path} does not exist")
+        self.path = check_model_path(engine, "engine")  # exists, a regular file (a FIFO would hang the read)
         self.sidecar = sidecar if sidecar is not None else EngineSidecar.for_engine(self.path)
         compat = load_flavour(self.path, self.sidecar)
         self.gpu = cuda.gpu_info(device)

@@ -111,6 +111,22 @@ def test_missing_or_broken_sidecar(tmp_path, trt, tiny):
     assert trt.deserialize_calls == 0
 
 
+@pytest.mark.parametrize("change, fragment", [
+    ({"num_classes": 10}, "the metadata says 10 classes but the graph outputs 5 logits"),
+    ({"output": {"name": "probs", "kind": "logits"}}, "names the output 'probs' but the graph's outputs are 'logits'"),
+])
+def test_a_sidecar_that_contradicts_its_engine_is_refused(tmp_path, trt, tiny, change, fragment):
+    """Issue 10: a model description that does not fit the model passed every command."""
+    engine = engine_for(tmp_path, tiny())
+    side = json.loads(sidecar_path(engine).read_text())
+    side["model"].update(change)
+    sidecar_path(engine).write_text(json.dumps(side))
+    with pytest.raises(InputError) as err:
+        TensorRTBackend(engine)
+    assert fragment in str(err.value) and "rebuild the engine" in str(err.value), str(err.value)
+    assert trt.cuda.allocations == {}  # refused before any buffer was allocated
+
+
 def test_engine_tensorrt_cannot_load_is_explained(tmp_path, trt, tiny):
     engine = engine_for(tmp_path, tiny())
     engine.write_bytes(b"not a plan")

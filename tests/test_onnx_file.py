@@ -13,7 +13,6 @@ read_model (fp16, calibrate) and the TensorRT builder's read_onnx.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -37,7 +37,14 @@ def load_and_close(path):
         return predictor.info
 
 
-OPENERS = {"load": load_and_close, "read_model": read_model, "read_onnx": read_onnx, "inspect": inspect_model}
+def bundle_it(path: Path):
+    from rexport.runtime.bundle import write_bundle
+
+    return write_bundle([path], path.parent / "bundle")
+
+
+OPENERS = {"load": load_and_close, "read_model": read_model, "read_onnx": read_onnx, "inspect": inspect_model,
+           "bundle": bundle_it}
 
 
 @pytest.fixture

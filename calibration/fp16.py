@@ -163,7 +163,7 @@ def to_fp16(onnx_path: str | os.PathLike, output: str | os.PathLike, *, inputs: 
     """Convert an FP32 rexport ONNX to FP16. `inputs` (preprocessed samples) are used to find
     layers beyond the FP16 range and to check the result; random inputs when None."""
     start = time.monotonic()
-    output = check_output(output, overwrite=overwrite)
+    output = check_output(output, overwrite=overwrite, inputs=[onnx_path])
     model, info = read_model(onnx_path)
     if info.precision != "fp32":
         raise InputError(f"{onnx_path} is already {info.precision}; convert the FP32 export instead")
@@ -196,6 +196,6 @@ def to_fp16(onnx_path: str | os.PathLike, output: str | os.PathLike, *, inputs: 
     if broken:
         raise CheckFailed(f"the FP16 model produces NaN/Inf, first in {', '.join(broken)}; keep those layers "
                           "in FP32 (--keep-fp32 NAME) or check the input normalisation")
-    with atomic_output(output, overwrite=overwrite) as tmp:
+    with atomic_output(output, overwrite=overwrite, inputs=[onnx_path]) as tmp:
         onnx_module().save(fp16, str(tmp))
     return Fp16Result(output, info, keep, overflow, len(inputs), time.monotonic() - start)

@@ -5,7 +5,9 @@ non-zero exit code (1 for errors, 3 for a failed quality gate, 2 for bad usage).
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -13,6 +15,29 @@ import click
 from rexport import __version__
 from rexport.console import log, setup_logging, table
 from rexport.errors import InputError, RexportError
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C's KeyboardInterrupt so that every
+    `finally` (temporary files and directories) runs on the way out; `except Exception` in
+    library code does not catch it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum, frame) -> None:
+    for sig in TERMINATING:  # a second signal must not interrupt the cleanup of the first
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 class RexportGroup(click.Group):
@@ -29,15 +54,31 @@ class RexportGroup(click.Group):
             ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except KeyboardInterrupt:
-            click.echo("interrupted (unfinished outputs were not written)", err=True)
-            ctx.exit(130)
-        except Exception as e:  # a bug: say so in one line, the traceback with -v
-            if log.isEnabledFor(logging.DEBUG):
-                raise
-            click.echo(f"error: unexpected {type(e).__name__}: {e} (this is a bug in rexport; "
-                       "run with -v for the traceback and please report it)", err=True)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (Terminated): every cleanup has run
+            signum = getattr(e, "signum", signal.SIGINT)
+            by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+            click.echo(f"interrupted{by} (unfinished outputs were not written)", err=True)
+            ctx.exit(128 + signum)
+        except OSError as e:
+            from rexport.files import FULL, WRITE_FAILURES
+
+            if e.errno not in FULL:  # a full disk is not a bug, wherever it shows (e.g. in a staging folder)
+                self._bug(ctx, e)
+            where = e.filename2 or e.filename
+            click.echo(f"error: cannot write{f' {where}' if where else ''}: {e.strerror}; {WRITE_FAILURES[e.errno]}",
+                       err=True)
             ctx.exit(1)
+        except Exception as e:
+            self._bug(ctx, e)
+
+    @staticmethod
+    def _bug(ctx: click.Context, e: Exception):
+        """A bug: say so in one line; with -v, the traceback first."""
+        if log.isEnabledFor(logging.DEBUG):
+            traceback.print_exc()
+        click.echo(f"error: unexpected {type(e).__name__}: {one_line(e)} (this is a bug in rexport; "
+                   "run with -v for the traceback and please report it)", err=True)
+        ctx.exit(1)
 
 
 @click.group(cls=RexportGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,6 +150,43 @@ class JsonReport:
             raise InputError(f"refusing to write the report to {self.path}: this command has just written "
                              "another output there; choose another --json file")
         write_json(self.path, payload, overwrite=self.force, inputs=self.inputs)
+
+
+def data_path(source: str | None) -> str | None:
+    """A data source that names a file or folder (None for the embedded demo data)."""
+    if source is None or source == "demo" or str(source).startswith("demo:"):
+        return None
+    return source
+
+
+class Outputs:
+    """The rule for every output of a command, applied to all of them together before its work:
+    a file output is new, or --force is given; no output is one of the command's inputs or another
+    of its outputs (also through a link; not even with --force); a directory output holds none of
+    them. `caches` are read and rewritten (no --force needed) but follow the rest of the rule.
+    Then, until the command ends, its inputs are protected (`rexport.files.protect`): nothing
+    written below it, by any library call, may replace them. `.json` is the --json report."""
+
+    def __init__(self, force: bool, reads, *, files: dict | None = None, caches: dict | None = None,
+                 directories: dict | None = None, json: str | None = None):
+        from rexport.files import check_output, check_output_dir, inside, protect, same_file
+
+        reads = [p for p in reads if p is not None]
+        named = [(what, Path(p), kind) for kind, group in (("file", files), ("cache", caches), ("dir", directories))
+                 for what, p in (group or {}).items() if p is not None]
+        for i, (what, path, kind) in enumerate(named):
+            for other_what, other, other_kind in named[i + 1:]:
+                if same_file(path, other) or (kind == "dir" and inside(other, path)) or (
+                        other_kind == "dir" and inside(path, other)):
+                    raise InputError(f"{path} (the {what}) and {other} (the {other_what}) would overwrite each "
+                                     "other; choose different outputs")
+            others = [p for j, (_, p, _) in enumerate(named) if j != i]
+            if kind == "dir":
+                check_output_dir(path, overwrite=force, inputs=[*reads, *others])
+            else:
+                check_output(path, overwrite=force or kind == "cache", inputs=[*reads, *others])
+        self.json = JsonReport(json, force, *reads, *(p for _, p, _ in named))
+        click.get_current_context().with_resource(protect(reads))
 
 
 def echo_json(payload) -> None:
@@ -253,8 +331,12 @@ def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, ex
 
     keys = parse_key_map(key_map)
     output = output or Path(checkpoint).with_suffix(".onnx").name
-    json_report = JsonReport(json_path, force, checkpoint, labels, images, calib_data, val_data, output,
-                             sibling(output, "fp16"), sibling(output, "int8"), bundle_dir)
+    int8_cache = sibling(output, "int8").with_suffix(".cache") if int8 and target == "trt" else None
+    json_report = Outputs(force, [checkpoint, labels, images, data_path(calib_data), data_path(val_data)],
+                          files={"output": output, "FP16 output": fp16 and sibling(output, "fp16") or None,
+                                 "INT8 output": int8 and sibling(output, "int8") or None,
+                                 "calibration cache": int8_cache},
+                          directories={"bundle": bundle_dir}, json=json_path).json
     ckpt = load_checkpoint(checkpoint, unsafe_pickle=unsafe_pickle)
     if arch is None:
         arch = detect_arch(ckpt, key_map=keys)
@@ -266,12 +348,6 @@ def onnx_cmd(checkpoint, arch, output, num_classes, input_size, batch, opset, ex
                           preprocess=preprocess_overrides(mean=mean, std=std, resize=resize, channels=channels,
                                                           interpolation=interpolation, max_pixel_value=max_pixel_value),
                           parity=ParityConfig(enabled=not no_parity, tolerance=Tolerance(atol, rtol), images=images))
-    if fp16 or int8:  # fail before the long work if these outputs are taken
-        from rexport.files import check_output
-
-        for tag, wanted in (("fp16", fp16), ("int8", int8)):
-            if wanted:
-                check_output(sibling(output, tag), overwrite=force)
     result = export_onnx(ckpt, output, config)
     report = {"export": result.to_dict()}
     click.echo(result.format())
@@ -321,8 +397,10 @@ def calibrate_cmd(model, data, output, method, percentile, target, no_reduce_ran
     from rexport.calibration import quantize
 
     output = Path(output or sibling(model, "int8"))
-    json_report = JsonReport(json_path, force, model, data, val_data, output, cache_path, output.with_suffix(".cache"),
-                             bundle_dir)
+    trt_cache = (cache_path or output.with_suffix(".cache")) if target == "trt" else None
+    json_report = Outputs(force, [model, data_path(data), data_path(val_data)],
+                          files={"output": output, "calibration cache": trt_cache},
+                          directories={"bundle": bundle_dir}, json=json_path).json
     config = quantize_config(
         data, method=method, percentile=percentile, target=target, no_reduce_range=no_reduce_range, refine=refine,
         samples=samples,
@@ -352,11 +430,12 @@ def fp16_cmd(model, output, data, samples, keep_fp32, force) -> None:
     from rexport.calibration import load_calibration_data, to_fp16
     from rexport.calibration.fp16 import read_model
 
+    output = output or sibling(model, "fp16")
+    Outputs(force, [model, data_path(data)], files={"output": output})
     inputs = None
     if data:
         inputs = load_calibration_data(data, read_model(model)[1], samples=samples).inputs
-    result = to_fp16(model, output or sibling(model, "fp16"), inputs=inputs, keep_fp32=tuple(keep_fp32),
-                     overwrite=force)
+    result = to_fp16(model, output, inputs=inputs, keep_fp32=tuple(keep_fp32), overwrite=force)
     click.echo(result.format())
 
 
@@ -381,7 +460,7 @@ def validate_cmd(models, data, checkpoint, samples, seed, max_top1_drop, min_agr
     from rexport.errors import CheckFailed
     from rexport.runtime.validate import Gates, validate
 
-    json_report = JsonReport(json_path, force, *models, data, checkpoint)
+    json_report = Outputs(force, [*models, data_path(data), checkpoint], json=json_path).json
     report = validate(list(models), data, checkpoint=checkpoint, samples=samples, seed=seed,
                       gates=Gates(max_top1_drop, min_agreement), providers=providers, unsafe_pickle=unsafe_pickle,
                       preprocess=preprocess_overrides(mean=mean, std=std, resize=resize, channels=channels,
@@ -418,8 +497,15 @@ def load_options(f):
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 def bundle_cmd(models, output, data, checkpoint, samples, no_validate, default_model, archive, force) -> None:
     """Bundle MODELS (ONNX files, engines with sidecars) with references for a device self-test."""
-    from rexport.runtime.bundle import make_bundle, open_bundle
+    from rexport.runtime.bundle import ARCHIVE_SUFFIXES, make_bundle, open_bundle
+    from rexport.runtime.engine_sidecar import sidecar_path
 
+    out = Path(output)
+    if archive and not out.name.endswith(ARCHIVE_SUFFIXES):
+        out = out.with_name(out.name + ".tar.gz")
+    sidecars = [sidecar_path(m) for m in models if sidecar_path(m).is_file()]
+    Outputs(force, [*models, *sidecars, data_path(data), checkpoint], files={"bundle": out if archive else None},
+            directories={"bundle": None if archive else out})
     path = make_bundle(list(models), output, data=data, checkpoint=checkpoint, samples=samples,
                        validate=not no_validate, default=default_model, archive=archive, overwrite=force)
     bundle = open_bundle(path)
@@ -505,7 +591,7 @@ def bench_cmd(models, batch, iterations, duration, warmup, bench_threads, varian
         sizes = tuple(int(b) for b in batch.split(","))
     except ValueError:
         raise InputError(f"--batch takes comma-separated sizes (e.g. 1,8), not {batch!r}") from None
-    json_report = JsonReport(json_path, force, *models, images)
+    json_report = Outputs(force, [*models, images], json=json_path).json
     config = BenchConfig(batch_sizes=sizes, iterations=iterations, duration=duration, warmup=warmup,
                          threads=bench_threads)
     files = sorted(p for p in Path(images).rglob("*") if is_image_file(p))[:32] if images else None
@@ -601,12 +687,16 @@ def trt_cmd(onnx_path, output, fp16, int8, rtx, compute_capability, fp16_flag, l
     With TensorRT for RTX (--rtx) the engine can be built on a machine without a GPU, for the RTX
     GPUs named by --compute-capability; it is validated where it runs (`rexport validate`)."""
     from rexport.exporter.tensorrt import BuildConfig, build_engine
+    from rexport.runtime.engine_sidecar import sidecar_path
 
     if fp16 and int8:
         raise InputError("give --fp16 or --int8, not both")
     precision = "fp16" if fp16 else "int8" if int8 else None
-    json_report = JsonReport(json_path, force, onnx_path, calib_data, calib_cache, timing_cache, *merge_timing_cache,
-                             reference, val_data, output, output and f"{output}.json")
+    engine = Path(output) if output else default_engine(Path(onnx_path), precision)
+    json_report = Outputs(force, [onnx_path, data_path(calib_data), data_path(val_data), reference,
+                                  *merge_timing_cache],
+                          files={"engine": engine, "engine sidecar": sidecar_path(engine)},
+                          caches={"timing cache": timing_cache, "calibration cache": calib_cache}, json=json_path).json
     config = BuildConfig(precision=precision, flavour="rtx" if rtx else None,
                          compute_capabilities=compute_capability, fp16_flag=fp16_flag, legacy_calibrator=legacy_calibrator,
                          weakly_typed=weakly_typed, calib_data=calib_data, calib_method=calib_method,
@@ -620,6 +710,17 @@ def trt_cmd(onnx_path, output, fp16, int8, rtx, compute_capability, fp16_flag, l
     result = build_engine(onnx_path, output, config)
     json_report.write(result.to_dict())
     click.echo(result.format())
+
+
+def default_engine(source: Path, precision: str | None) -> Path:
+    """Where `rexport trt` writes the engine without -o (as build_engine decides), to check it up front."""
+    from rexport.exporter.tensorrt.build import bundle_source
+    from rexport.exporter.tensorrt.config import default_engine_name
+    from rexport.runtime.bundle import is_bundle
+
+    if is_bundle(source):
+        return source / default_engine_name(bundle_source(source, precision), precision)
+    return Path(default_engine_name(source, precision))
 
 
 @cli.command("doctor")
@@ -636,6 +737,12 @@ def doctor_cmd(as_json: bool) -> None:
 
 
 def main() -> None:
+    """The console entry point: SIGTERM and SIGHUP (kill, systemd, CI, a closed terminal) end a
+    command as Ctrl-C does, removing its temporary files, with exit code 128 + the signal. A signal
+    the parent ignores (SIGHUP under nohup) stays ignored."""
+    for sig in TERMINATING:
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _terminate)
     cli(prog_name="rexport")
 
 

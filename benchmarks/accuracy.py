@@ -125,8 +125,9 @@ def prepare_data(task, input_name: str, out: Path, samples: int) -> Data:
 
 
 # -- the tools -------------------------------------------------------------------------------
-def rexport_rows(data: Data, out: Path, methods: list[str]):
-    """(name, config kwargs) of rexport's rows: each method x target, then the budget per target."""
+def rexport_rows(data: Data, out: Path, methods: list[str], ablation: bool = False, budget: bool = True):
+    """(name, config kwargs) of rexport's rows: each method x target, then the budget per target;
+    with `ablation`, the default method with each refinement alone and each one left out."""
     from rexport.calibration import Budget, QuantizeConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(QuantizeConfig)}
@@ -144,7 +145,17 @@ def rexport_rows(data: Data, out: Path, methods: list[str]):
                          {**common, "method": default, "target": target, "refine": (),
                           "val_data": str(data.budget_path), "val_samples": 64},
                          out / f"rexport-{default}-{target}-norefine.onnx"))
-    for target in ("trt", "cpu"):
+    if ablation:
+        from itertools import combinations
+
+        every = defaults["refine"]
+        for target in ("trt", "cpu"):
+            for subset in [*combinations(every, 1), *combinations(every, len(every) - 1)]:
+                rows.append((f"rexport {default} {target}, refine {','.join(subset)}",
+                             {**common, "method": default, "target": target, "refine": subset,
+                              "val_data": str(data.budget_path), "val_samples": 64},
+                             out / f"rexport-{default}-{target}-{'-'.join(subset)}.onnx"))
+    for target in ("trt", "cpu") if budget else ():
         rows.append((f"rexport budget {100 * BUDGET:g}% {target}",
                      {**common, "method": default, "target": target, "val_data": str(data.budget_path),
                       "budget": Budget(min_agreement=BUDGET)}, out / f"rexport-budget-{target}.onnx"))
@@ -402,7 +413,7 @@ def run_task(task, args) -> dict:
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise SystemExit(f"error: --methods: unknown {', '.join(sorted(unknown))} (have {', '.join(METHODS)})")
-    groups = [("rexport", rexport_rows(data, out, methods),
+    groups = [("rexport", rexport_rows(data, out, methods, args.ablation, not args.skip_budget),
                lambda o, kw: run_rexport(fp32, o, kw))]
     if not args.skip_peers:
         groups += [("ORT", ort_rows(data, out), lambda o, kw: run_ort(fp32, o, kw, data)),
@@ -541,6 +552,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=512, help="calibration samples, the same for every tool (512)")
     p.add_argument("--layer-samples", type=int, default=32, help="eval samples for the per-layer errors (32)")
     p.add_argument("--skip-peers", action="store_true", help="rexport rows only")
+    p.add_argument("--skip-budget", action="store_true", help="no budget rows")
+    p.add_argument("--ablation", action="store_true",
+                   help="also the default method with each refinement alone and each one left out")
     p.add_argument("--modelopt-python", default=str(MODELOPT_VENV / "bin" / "python")
                    if (MODELOPT_VENV / "bin" / "python").exists() else sys.executable,
                    help="the interpreter that has nvidia-modelopt[onnx] (default: the venv in the work "

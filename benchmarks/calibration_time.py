@@ -69,7 +69,7 @@ def main(argv=None) -> None:
             seconds = time.monotonic() - start
             rows.append((target, refine, seconds, result.census.int8_share))
             print(f"  {target} target, refine {refine}: {seconds:.0f} s ({seconds / TARGET_SECONDS:.2f}x the "
-                  f"5-minute target; {len(result.calib)} calibration + {len(result.val)} held-out samples, "
+                  f"5-minute target; {len(result.calibration)} calibration + {len(result.validation)} held-out samples, "
                   f"{100 * result.census.int8_share:.0f}% of layers INT8)", flush=True)
     worst = max(r[2] for r in rows if r[1] == "all") if any(r[1] == "all" for r in rows) else None
     if worst is not None:

@@ -12,6 +12,7 @@ it (rexport trt rewrites it for the installed one).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -67,9 +68,13 @@ def read_calibration_cache(path: str | os.PathLike) -> tuple[str, dict[str, floa
         try:
             if not sep or not name.strip():
                 raise ValueError(line)
-            scales[name.strip()] = hex_to_scale(value.strip())
+            scale = hex_to_scale(value.strip())
         except (ValueError, struct.error):
             raise InputError(f"{path}, line {n}: expected `tensor: <8 hex digits>`, got {line!r}") from None
+        if not (math.isfinite(scale) and scale >= 0):
+            raise InputError(f"{path}, line {n}: the scale of {name.strip()!r} is {scale}, not a finite, non-negative "
+                             "number; the cache is damaged: calibrate again")
+        scales[name.strip()] = scale
     return lines[0].strip(), scales
 
 

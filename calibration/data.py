@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -159,7 +160,9 @@ def _folder(root: Path, info: ModelInfo, pre: Preprocess, samples: int | None, s
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a member first; an empty archive
-READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
+# SyntaxError, TokenError: numpy parses a damaged .npy header as Python source (ast, tokenize)
+READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
+               SyntaxError, tokenize.TokenError)
 KINDS = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "byte strings", "V": "records",
          "M": "dates", "m": "time spans", "O": "Python objects"}
 
@@ -182,7 +185,12 @@ def _arrays(path: Path, info: ModelInfo, pre: Preprocess, samples: int | None, s
                 return _select(str(path), inputs.shape, inputs.dtype, inputs.rows, labels, info, pre, samples, seed)
         if magic == NPY_MAGIC:
             with open(path, "rb") as f:
-                _header(f, str(path))  # refuses Python objects before numpy sees the data
+                shape, _, dtype = _header(f, str(path))  # refuses Python objects before numpy sees the data
+                offset, size = f.tell(), os.fstat(f.fileno()).st_size
+            if any(d < 0 for d in shape) or math.prod(shape) * dtype.itemsize > size - offset:
+                raise InputError(f"cannot read arrays from {path}: it is truncated or damaged (its header describes "
+                                 f"{math.prod(shape)} values of {dtype} in {'x'.join(map(str, shape)) or 'a scalar'}, "
+                                 f"the file holds {size - offset} bytes of data)")
             mapped = np.load(path, mmap_mode="r", allow_pickle=False)
             return _select(str(path), mapped.shape, mapped.dtype, lambda idx: np.array(mapped[idx]), None, info,
                            pre, samples, seed)
@@ -352,7 +360,7 @@ def _check(data: CalibrationData, info: ModelInfo) -> None:
                          "remove or fix those samples")
     if data.labels is not None and (data.labels.min() < 0 or data.labels.max() >= info.num_classes):
         raise InputError(f"{data.source} has labels outside 0..{info.num_classes - 1}")
-    lo, hi, std = float(x.min()), float(x.max()), float(x.std())
+    lo, hi, std = float(x.min()), float(x.max()), float(x.std(dtype=np.float64))  # float32 squares overflow
     if hi == 0 and lo == 0:
         data.warnings.append(f"{data.source}: every input value is zero")
     elif std < 1e-6:

@@ -124,7 +124,7 @@ def _load(path: Path, tensors: list[str]) -> dict[str, TensorStats] | None:
     """A cache entry, or None (logged) when it cannot be used: truncated, corrupt, or not what this
     version writes. A cache is an optimisation: such an entry is collected again and rewritten."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # np.load(path) leaks the file on a bad zip
             names, lo, hi, hist = (z[k] for k in ("names", "min", "max", "hist"))
         names = [str(n) for n in names.tolist()]
         if (names != tensors or lo.shape != (len(names),) or hi.shape != (len(names),)

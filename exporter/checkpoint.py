@@ -80,6 +80,8 @@ def load_checkpoint(path: str | os.PathLike, *, unsafe_pickle: bool = False) -> 
             state = st.load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises SafetensorError / OSError
             raise InputError(f"checkpoint {path} is a corrupt or truncated safetensors file ({e})") from None
+        if not state:
+            raise InputError(f"checkpoint {path} is a safetensors file that holds no tensors")
         check_finite(state, f"checkpoint {path}")
         return Checkpoint(path, dict(state), sha256_file(path), "safetensors")
 
@@ -125,7 +127,7 @@ def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except Exception:  # BadZipFile, OSError, UnicodeDecodeError (a name flagged UTF-8 that is not), ...
         return False  # let torch.load report the corruption
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
@@ -145,7 +147,7 @@ def _pickle_protocol(path: Path) -> int | None:
         else:
             with open(path, "rb") as f:
                 head = f.read(2)
-    except (OSError, zipfile.BadZipFile, KeyError, RuntimeError):
+    except Exception:  # OSError, BadZipFile, KeyError, UnicodeDecodeError, ...: a damaged file has no protocol
         return None
     return head[1] if len(head) == 2 and head[0] == 0x80 else None
 
@@ -255,7 +257,7 @@ def _apply_key_map(state: dict, key_map) -> dict:
 
 def _strip_wrappers(state: dict, notes: list[str]) -> dict:
     changed = True
-    while changed:
+    while changed and state:  # an empty state has every prefix: stripping it would never end
         changed = False
         for prefix in WRAPPER_PREFIXES:
             if all(k.startswith(prefix) for k in state):

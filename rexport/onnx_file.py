@@ -121,8 +121,8 @@ def check_external_data(model, path: Path) -> None:
         entries = {e.key: e.value for e in tensor.external_data}
         location = entries.get("location", "")
         norm = posixpath.normpath(location.replace("\\", "/")) if location else ""
-        if not location or posixpath.isabs(norm) or re.match(r"^[A-Za-z]:", norm) or norm == ".." \
-                or norm.startswith("../"):
+        if not location or "\0" in location or posixpath.isabs(norm) or re.match(r"^[A-Za-z]:", norm) \
+                or norm == ".." or norm.startswith("../"):
             raise InputError(f"{path}: tensor {name!r} keeps its data in {location!r}, outside the model's "
                              "folder; rexport reads external data only from files next to the model")
         file = path.parent / norm

@@ -9,6 +9,7 @@ The same fields travel in three places, always through this module:
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,8 @@ class BatchRange:
     max: int = 32
 
     def __post_init__(self) -> None:
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (self.min, self.opt, self.max)):
+            raise InputError(f"batch range must be whole numbers, got {self.min!r}:{self.opt!r}:{self.max!r}")
         if not (1 <= self.min <= self.opt <= self.max):
             raise InputError(f"batch range must satisfy 1 <= min <= opt <= max, got "
                              f"{self.min}:{self.opt}:{self.max}")
@@ -106,6 +109,9 @@ class ModelInfo:
             if len(self.labels) != self.num_classes:
                 raise InputError(f"{len(self.labels)} labels given for a model with "
                                  f"{self.num_classes} classes; give exactly one label per class")
+        if not isinstance(self.input_name, str) or not isinstance(self.output_name, str):
+            raise InputError(f"the input and output names must be strings, not {self.input_name!r} and "
+                             f"{self.output_name!r}")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if len(self.input_shape) != 3:
@@ -193,7 +199,7 @@ class ModelInfo:
                        labels=d.get("labels"), precision=d.get("precision", "fp32"),
                        source_sha256=d.get("source_sha256"), calibration=d.get("calibration"),
                        rexport_version=d.get("rexport_version", "unknown"))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:  # a field of another type, inf
             raise InputError(f"model description is incomplete or invalid ({type(e).__name__}: {e}); "
                              "was this file written by rexport?") from None
 
@@ -213,6 +219,9 @@ class ModelInfo:
                 d[k] = json.loads(v)
             except ValueError:
                 d[k] = v  # plain strings (arch, precision, hashes)
+            except RecursionError:
+                raise InputError(f"the ONNX file's rexport metadata {k!r} is nested too deeply to be a model "
+                                 "description; export it with `rexport onnx`") from None
         return cls.from_dict(d)
 
 
@@ -221,20 +230,25 @@ def load_labels(path: str | os.PathLike) -> tuple[str, ...]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"labels file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"labels file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except ValueError as e:
             raise InputError(f"labels file {path} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise InputError(f"labels file {path} is not a list of labels (JSON nested too deeply)") from None
         if isinstance(data, dict):
             try:
-                items = sorted((int(k), v) for k, v in data.items())
+                items = sorted(((int(k), v) for k, v in data.items()), key=lambda item: item[0])
             except ValueError:
                 raise InputError(f"labels file {path}: JSON object keys must be class indices") from None
             if [i for i, _ in items] != list(range(len(items))):
                 raise InputError(f"labels file {path}: class indices must run 0..{len(items) - 1} without gaps")
-            data = [v[-1] if isinstance(v, list) else v for _, v in items]
+            data = [v[-1] if isinstance(v, list) and v else v for _, v in items]
         if not isinstance(data, list) or not all(isinstance(v, (str, int)) for v in data):
             raise InputError(f"labels file {path}: expected a list of names or an index -> name object")
         labels = [str(v) for v in data]

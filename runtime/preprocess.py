@@ -218,8 +218,10 @@ def open_image(src: ImageLike, *, max_pixels: int | None = None):
         raise InputError(f"max_pixels must be a positive number of pixels, not {max_pixels}")
     img = None
     try:
-        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: the cap below decides, in one line
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # PIL's DecompressionBombWarning (the cap below decides, in one line) and its warnings about damaged
+        # metadata ("Corrupt EXIF data", two lines on stderr): the image decodes, or fails below in one line
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             img = Image.open(fp)  # reads the header only
             width, height = img.size
             if width * height > cap:
@@ -304,11 +306,20 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
-def resize_and_crop(img, spec: Preprocess):
-    """Resize(shorter side) + CenterCrop(size) on a PIL image, as torchvision does."""
+def resize_and_crop(img, spec: Preprocess, *, max_pixels: int | None = None):
+    """Resize(shorter side) + CenterCrop(size) on a PIL image, as torchvision does.
+
+    With `max_pixels`, a resized image above it is refused: a thin image file (1 x 2,000,000 pixels,
+    4 kB as a PNG) would otherwise become a 256 x 512,000,000 one (preprocess_one passes the cap for
+    files and bytes)."""
     Image = _pil()
     if spec.resize is not None:
         size = resized_size(img.width, img.height, int(spec.resize))
+        if max_pixels is not None and size[0] * size[1] > max(max_pixels, spec.size[0] * spec.size[1]):
+            raise InputError(f"refusing to resize a {img.width}x{img.height} image to {size[0]}x{size[1]} "
+                             f"({size[0] * size[1] / 1e6:.0f} MP, more than the {max_pixels / 1e6:g} MP rexport "
+                             "decodes): "
+                             f"its aspect ratio is too extreme; crop it first, or set {MAX_IMAGE_PIXELS_ENV}")
         if size != img.size:
             img = img.resize(size, INTERPOLATIONS[spec.interpolation])
     crop_h, crop_w = spec.size
@@ -338,8 +349,15 @@ def normalize(pixels: np.ndarray, spec: Preprocess) -> np.ndarray:
 
 def preprocess_one(src: ImageLike, spec: Preprocess, *, max_pixels: int | None = None) -> np.ndarray:
     """One image -> float32 CHW array (max_pixels: see open_image)."""
-    img = resize_and_crop(to_mode(open_image(src, max_pixels=max_pixels), spec.channels), spec)
-    return normalize(np.asarray(img, dtype=np.uint8), spec)
+    img = open_image(src, max_pixels=max_pixels)
+    decoded = isinstance(src, np.ndarray) or img is src  # arrays and PIL images: already decoded, not capped
+    cap = None if decoded else max_image_pixels() if max_pixels is None else int(max_pixels)
+    try:
+        out = resize_and_crop(to_mode(img, spec.channels), spec, max_pixels=cap)
+        return normalize(np.asarray(out, dtype=np.uint8), spec)
+    finally:
+        if img is not src:  # ours: PIL keeps the file of a multi-frame image (GIF, TIFF) open until closed
+            _close(img)
 
 
 def _as_list(images: Any) -> list:

@@ -8,11 +8,14 @@ so one backend serves many threads.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 
+from rexport.console import log
 from rexport.errors import InputError, RexportError, require
 from rexport.onnx_file import check_model_path, explain_unloadable
 from rexport.runtime.backends.base import Backend
@@ -66,10 +69,18 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         if not isinstance(model, bytes):  # a FIFO or device would hang onnxruntime; an empty file misleads it
             model = check_model_path(model)
+        self._where = "the model" if isinstance(model, bytes) else str(model)
         try:
             source = model if isinstance(model, bytes) else os.fspath(model)
-            self.session = ort.InferenceSession(
-                source, options, providers=[(p, _provider_options(p, device, model)) for p in self.providers])
+            # onnxruntime prints a four-line "EP Error" banner to stdout when creating a session fails with
+            # a ValueError or RuntimeError (then retries on its fallback providers): the failure is reported
+            # below in one line, a fallback that worked in the log
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                self.session = ort.InferenceSession(
+                    source, options, providers=[(p, _provider_options(p, device, model)) for p in self.providers])
+            banner = [line for line in printed.getvalue().splitlines() if line.startswith("EP Error")]
+            if banner:
+                log.info("onnxruntime fell back to other providers: %s", banner[0])
         except Exception as e:  # onnxruntime raises its own exception types per failure
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if isinstance(model, bytes):
@@ -98,7 +109,11 @@ class OnnxRuntimeBackend(Backend):
 
     @property
     def metadata(self) -> dict[str, str]:
-        return dict(self.session.get_modelmeta().custom_metadata_map)
+        try:
+            return dict(self.session.get_modelmeta().custom_metadata_map)
+        except UnicodeDecodeError as e:  # onnxruntime hands the strings over as UTF-8, unchecked
+            raise InputError(f"{self._where}: its metadata (metadata_props) is not UTF-8 text (byte {e.start}: "
+                             f"{e.reason}); the file was damaged: export or copy it again") from None
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         if not self.on_gpu:

@@ -30,6 +30,7 @@ from rexport.files import sha256_file
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "model_ema", "state_dict_ema")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")  # DataParallel/DDP, torch.compile, Lightning
 IGNORED_SUFFIXES = ("total_ops", "total_params")  # buffers left behind by the `thop` profiler
+_ISFINITE_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass
@@ -108,8 +109,11 @@ def load_checkpoint(path: str | os.PathLike, *, unsafe_pickle: bool = False) -> 
 
 def check_finite(state: dict, what: str) -> None:
     """Refuse weights holding NaN or Inf: no export, tolerance or calibration can repair them."""
+    def finite(v: torch.Tensor) -> bool:  # isfinite has no float8 kernels: those are checked as float32
+        return bool(torch.isfinite(v if v.dtype in _ISFINITE_TYPES or v.is_complex() else v.float()).all())
+
     bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex())
-           and v.numel() and not bool(torch.isfinite(v).all())]
+           and v.numel() and not finite(v)]
     if bad:
         shown = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "")
         raise InputError(f"{what}: {len(bad)} tensor{'s hold' if len(bad) > 1 else ' holds'} NaN or Inf ({shown}); "

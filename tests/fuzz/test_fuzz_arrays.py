@@ -180,7 +180,7 @@ def label_arrays(draw, n: int) -> np.ndarray:
     if kind == "2d":
         return rng.integers(0, 5, (n, 2))
     if kind == "count":
-        return rng.integers(0, 5, n + draw(st.sampled_from((-1, 1))))
+        return rng.integers(0, 5, max(0, n + draw(st.sampled_from((-1, 1)))))
     if kind == "object":
         return np.array([1] * n, dtype=object)
     return (rng.integers(0, 5, n) + 0j).astype(np.complex64)

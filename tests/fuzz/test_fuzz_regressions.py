@@ -260,3 +260,19 @@ def test_inputs_near_the_float32_limit(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(load_calibration_data(path, _info(), samples=None)) == 2
+
+
+def test_float8_checkpoint(tmp_path):
+    """A safetensors checkpoint holding float8 (F8_E4M3) weights: torch.isfinite has no float8 kernel
+    (NotImplementedError) in the NaN/Inf check."""
+    pytest.importorskip("safetensors")
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    from rexport.exporter.checkpoint import load_checkpoint
+
+    path = tmp_path / "fp8.safetensors"
+    save_file({"fc.weight": torch.ones(2, 2).to(torch.float8_e4m3fn)}, str(path))
+    assert load_checkpoint(path).state_dict["fc.weight"].dtype == torch.float8_e4m3fn
+    save_file({"fc.weight": torch.full((2, 2), float("nan")).to(torch.float8_e4m3fn)}, str(path))
+    refused(lambda: load_checkpoint(path), "NaN or Inf", "fc.weight")

@@ -236,5 +236,5 @@ def write_unsupported_model(onnx_path, out) -> None:
     producer = next(n for n in model.graph.node if output in n.output)
     producer.output[list(producer.output).index(output)] = "before_unique"
     model.graph.node.append(helper.make_node("Unique", ["before_unique"], [output], name="mystery", sorted=1))
-    del model.graph.output[0].type.tensor_type.shape.dim[:]
+    model.graph.output[0].type.tensor_type.ClearField("shape")  # Unique: shape unknown
     onnx.save(model, str(out))

@@ -116,10 +116,18 @@ class OnnxRuntimeBackend(Backend):
                              f"{e.reason}); the file was damaged: export or copy it again") from None
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        if not self.on_gpu:
-            return self.session.run([self.output_name], {self.input_name: x})[0]
-        binding = self.session.io_binding()  # one per call: bindings are not shared between threads
-        binding.bind_cpu_input(self.input_name, x)
-        binding.bind_output(self.output_name, "cuda", self.device)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        try:
+            if not self.on_gpu:
+                return self.session.run([self.output_name], {self.input_name: x})[0]
+            binding = self.session.io_binding()  # one per call: bindings are not shared between threads
+            binding.bind_cpu_input(self.input_name, x)
+            binding.bind_output(self.output_name, "cuda", self.device)
+            self.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()[0]
+        except Exception as e:  # ONNX Runtime's own errors: a graph it loads but cannot run on this input
+            if not type(e).__module__.startswith("onnxruntime"):
+                raise
+            message = " ".join(str(e).split())
+            raise InputError(f"ONNX Runtime ({self.name}) could not run the model on a {'x'.join(map(str, x.shape))} "
+                             f"input ({message}); the model file is broken or not a classifier: re-export it "
+                             "with `rexport onnx`") from None

@@ -375,3 +375,28 @@ def edited_json(draw, doc, *, max_edits: int = 3, values=None):
         else:
             parent[path[-1]] = draw(values)
     return doc
+
+
+def check_predictor(p) -> None:
+    """A loaded model runs: logits of the model's number of classes for a batch of zeros."""
+    import numpy as np
+
+    from rexport.runtime import Predictor
+
+    try:
+        assert isinstance(p, Predictor)
+        c, h, w = p.info.input_shape
+        n = max(1, p.batch.min)
+        out = p.run(np.zeros((n, c, h, w), np.float32))
+        assert out.shape == (n, p.info.num_classes), (out.shape, p.info.num_classes)
+    finally:
+        p.close()
+
+
+def check_predictor_run(p) -> None:
+    """check_predictor, where running may also refuse in one line (a graph ONNX Runtime loads but
+    cannot run on these shapes)."""
+    try:
+        check_predictor(p)
+    except RexportError as e:
+        check_one_line(e)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fuzz_support import (EVIL_VALUES, Seeds, check_one_line, edited_json, fuzz_settings, json_values, mutated,
+from fuzz_support import (EVIL_VALUES, Seeds, check_predictor_run, edited_json, fuzz_settings, json_values, mutated,
                           mutations)
 from hypothesis import given
 from hypothesis import strategies as st
@@ -29,8 +29,7 @@ onnx = pytest.importorskip("onnx")
 
 from doubles.tiny_onnx import write_tiny_classifier  # noqa: E402
 
-from rexport.errors import RexportError  # noqa: E402
-from rexport.runtime import Predictor, load  # noqa: E402
+from rexport.runtime import load  # noqa: E402
 from rexport.runtime.bundle import DIGEST, MANIFEST, Bundle, _digest, open_bundle, write_bundle  # noqa: E402
 
 DATA = Path(__file__).parent.parent / "data"
@@ -86,23 +85,10 @@ def check_reference(arrays) -> None:
     assert isinstance(arrays, dict) and all(isinstance(v, np.ndarray) for v in arrays.values())
 
 
-def check_predictor(p) -> None:
-    try:
-        assert isinstance(p, Predictor)
-        c, h, w = p.info.input_shape
-        n = max(1, p.batch.min)
-        out = p.run(np.zeros((n, c, h, w), np.float32))
-        assert out.shape == (n, p.info.num_classes)
-    except RexportError as e:
-        check_one_line(e)
-    finally:
-        p.close()
-
-
 def open_and_load(ws, path: Path, archive: bool, run: bool = True) -> bool:
     outcome = ws.attempt(lambda: open_bundle(path), close=lambda b: check_bundle(ws, b, path, archive))
     if outcome.ok and run:
-        ws.attempt(lambda: load(path, providers="cpu"), close=check_predictor)
+        ws.attempt(lambda: load(path, providers="cpu"), close=check_predictor_run)
     return outcome.ok
 
 

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from fuzz_support import Seeds, check_one_line, edited_json, fuzz_settings, json_values, mutated, mutations
+from fuzz_support import Seeds, check_predictor, check_predictor_run, edited_json, fuzz_settings, json_values, mutated, mutations
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,7 +21,7 @@ from doubles.tiny_onnx import tiny_info, write_tiny_classifier  # noqa: E402
 from onnx import TensorProto  # noqa: E402
 
 from rexport.onnx_file import load_onnx  # noqa: E402
-from rexport.runtime import Predictor, load  # noqa: E402
+from rexport.runtime import load  # noqa: E402
 from rexport.runtime.metadata import ModelInfo  # noqa: E402
 
 
@@ -38,32 +38,9 @@ def check_proto(model) -> None:
     assert isinstance(model, onnx.ModelProto) and model.graph.node
 
 
-def check_predictor(p) -> None:
-    """A loaded model runs: logits of the model's number of classes for a batch of zeros."""
-    try:
-        assert isinstance(p, Predictor)
-        c, h, w = p.info.input_shape
-        n = max(1, p.batch.min)
-        out = p.run(np.zeros((n, c, h, w), np.float32))
-        assert out.shape == (n, p.info.num_classes), (out.shape, p.info.num_classes)
-    finally:
-        p.close()
-
-
 def load_both(ws, path) -> None:
     ws.attempt(lambda: load_onnx(path), close=check_proto)
     ws.attempt(lambda: load(path, providers="cpu"), close=check_predictor_run)
-
-
-def check_predictor_run(p) -> None:
-    """check_predictor, where running may also refuse in one line (a graph ONNX Runtime loads but
-    cannot run on these shapes)."""
-    from rexport.errors import RexportError
-
-    try:
-        check_predictor(p)
-    except RexportError as e:
-        check_one_line(e)
 
 
 def test_seeds_load(ws, seeds):

@@ -25,7 +25,7 @@ from rexport.calibration.census import Census, census
 from rexport.calibration.data import CalibrationData, load_calibration_data
 from rexport.calibration.fp16 import read_model
 from rexport.calibration.observers import METHODS, threshold
-from rexport.calibration.qdq import (SAME_SCALE, TARGETS, QParams, activation_qparams, fold_relus, insert_qdq,
+from rexport.calibration.qdq import (SAME_SCALE, TARGETS, QParams, activation_qparams, insert_qdq,
                                      quantizable_nodes, uses_reduce_range)
 from rexport.calibration.refine import REFINEMENTS, refine
 from rexport.calibration.rules import check_trt_rules
@@ -197,12 +197,8 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
     model_bytes = model.SerializeToString()
     stats, cache_hit = collect_cached(model, model_bytes, calib.inputs, calib.sha256, config.batch_size,
                                       config.use_stats_cache)
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    if config.target == "cpu":
-        fold_relus(work, set(config.keep_float))
-    params = activation_params(work, stats, config.method, config.target, config.percentile)
-    layers = [n.name for n in quantizable_nodes(work) if n.name not in config.keep_float]
+    params = activation_params(model, stats, config.method, config.target, config.percentile)
+    layers = [n.name for n in quantizable_nodes(model) if n.name not in config.keep_float]
     requested = frozenset(config.keep_float)
     refined = refine(model, params, stats, calib.inputs, target=config.target, reduce_range=config.reduce_range,
                      refinements=config.refine, keep_float=set(requested), batch_size=config.batch_size,
@@ -210,12 +206,12 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
     params = refined.params
 
     def build(keep: frozenset[str]):
-        return insert_qdq(work, params, config.target, requested | keep, config.reduce_range, refined.rounded,
+        return insert_qdq(model, params, config.target, requested | keep, config.reduce_range, refined.rounded,
                           {n: b for n, b in refined.bias_shift.items() if n not in keep})
 
     reference = _logits(model_bytes, val.inputs)
     budget = fit_budget(layers, lambda keep: _logits(build(keep).SerializeToString(), val.inputs), reference,
-                        val.labels, config.budget, census(work).macs)
+                        val.labels, config.budget, census(model).macs)
     final_score = budget.steps[-1][1]
     if final_score.agreement < AGREEMENT_FLOOR:
         warning = (f"INT8 agrees with FP32 on only {fmt_pct(final_score.agreement)} of {val.describe()}: check "

@@ -17,9 +17,12 @@ target "cpu" (what ONNX Runtime's x86 kernels fuse into QLinearConv / QLinearAdd
     keeps [-127, 127] for files that will only run on x86 CPUs with VNNI;
   - Q/DQ on every activation a quantized op reads or writes; a ReLU after a Conv or Add is
     removed and folded into the following QuantizeLinear (zero point 0 clamps exactly like ReLU);
-  - pooling and reshaping ops reuse their input's scale, so ONNX Runtime runs them in uint8.
+  - pooling and reshaping ops reuse their input's scale, so ONNX Runtime runs them in uint8;
+  - an Add, pooling or reshaping op runs in int8 only where its inputs are int8 anyway (see
+    `cpu_int8_nodes`): next to Conv/Gemm layers kept in float it stays in float.
 
-Nodes named in `keep_float` stay in floating point (the accuracy budget uses this).
+Nodes named in `keep_float` stay in floating point (the accuracy budget uses this); with every
+Conv/Gemm kept in float, either target gives back the FP32 model.
 """
 
 from __future__ import annotations
@@ -142,9 +145,10 @@ def residual_adds(model) -> dict[str, tuple[str, str]]:
     return out
 
 
-def fold_relus(model, keep_float: set[str]) -> set[str]:
-    """cpu target: remove a Relu that alone reads a quantized Conv/Add output, giving that node
-    the Relu's output name. Returns the names of tensors that must quantize with zero point 0."""
+def fold_relus(model, sources: set[str]) -> set[str]:
+    """cpu target: remove a Relu that alone reads the output of one of the `sources` (int8 Conv/Add
+    nodes, whose output is quantized), giving that node the Relu's output name. Returns the names of
+    tensors that must quantize with zero point 0 (which clamps exactly like the Relu)."""
     read_by = consumers(model.graph)
     graph_outputs = {o.name for o in model.graph.output}
     made_by = producers(model.graph)
@@ -153,7 +157,7 @@ def fold_relus(model, keep_float: set[str]) -> set[str]:
         if relu.op_type != "Relu":
             continue
         src = made_by.get(relu.input[0])
-        if (src is None or src.op_type not in ("Conv", "Add") or src.name in keep_float
+        if (src is None or src.op_type not in ("Conv", "Add") or src.name not in sources
                 or len(read_by[relu.input[0]]) != 1 or relu.input[0] in graph_outputs):
             continue
         src.output[0] = relu.output[0]
@@ -226,7 +230,7 @@ class _Builder:
 def insert_qdq(model, qparams: dict[str, QParams], target: str, keep_float: frozenset[str] = frozenset(),
                reduce_range: bool | None = None, rounded: dict[str, np.ndarray] | None = None,
                bias_shift: dict[str, np.ndarray] | None = None):
-    """Return a quantized copy of `model` (already relu-folded for cpu: see `fold_relus`).
+    """Return a quantized copy of the FP32 `model` (for cpu, Relus folded: see `fold_relus`).
 
     `qparams` gives per-tensor activation parameters for every tensor that may be quantized;
     `reduce_range`: weights in [-64, 64] (None: the target's default, see `uses_reduce_range`);
@@ -247,6 +251,11 @@ def insert_qdq(model, qparams: dict[str, QParams], target: str, keep_float: froz
     graph = out.graph
     weights = initializers(graph)
     b = _Builder(out)
+    int8: set[str] = set()
+    if target == "cpu":  # decide what runs in int8, then fold the Relus after it into the Q/DQ
+        convs = {n.name for n in quantizable_nodes(out) if n.name not in keep_float}
+        fold_relus(out, cpu_int8_nodes(out, convs, keep_float))
+        int8 = cpu_int8_nodes(out, convs, keep_float)
     quantized = [n for n in quantizable_nodes(out) if n.name not in keep_float]
     residuals = residual_adds(model) if target == "trt" else {}  # on the graph as it was
     graph_outputs = {o.name for o in graph.output}
@@ -278,8 +287,8 @@ def insert_qdq(model, qparams: dict[str, QParams], target: str, keep_float: froz
             new_identity = act(identity)
             if new_identity is not None:
                 add.input[list(add.input).index(identity)] = new_identity
-    else:  # cpu: every activation a quantized op touches is quantized; all readers use it
-        touched = _cpu_tensors(out, {n.name for n in quantized}, keep_float)
+    else:  # cpu: every activation an int8 node touches is quantized; all readers use it
+        touched = _cpu_tensors(out, int8)
         for node in graph.node:
             if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
                 continue
@@ -308,19 +317,40 @@ def _shift_bias(node, b: _Builder, weights: dict[str, np.ndarray], shift: np.nda
         node.input.append(name)
 
 
-def _cpu_tensors(model, quantized: set[str], keep_float: frozenset[str]) -> set[str]:
-    """Activation tensors read or written by ops that run in int8 on ONNX Runtime."""
+def cpu_int8_nodes(model, quantized: set[str], keep_float: frozenset[str]) -> set[str]:
+    """cpu target: the nodes ONNX Runtime runs in int8. The quantized Conv/Gemm, and each Add,
+    pooling or reshaping node not kept in float, unless one of its inputs comes (directly or
+    through a Relu) from such a node left in float and is not quantized anyway for a quantized
+    Conv/Gemm that reads it. So keeping a block's last conv in float keeps its residual Add in
+    float too, and keeping every Conv/Gemm in float gives back the FP32 model."""
     made_by = producers(model.graph)
+    read_by = consumers(model.graph)
+    int8 = set(quantized)
+
+    def from_float(tensor: str) -> bool:
+        src = made_by.get(tensor)
+        if src is not None and src.op_type == "Relu":
+            src = made_by.get(src.input[0])
+        return (src is not None and src.op_type in CPU_ACTIVATION_OPS and src.name not in int8
+                and not any(r.name in quantized and r.input[0] == tensor for r in read_by.get(tensor, ())))
+
+    for node in model.graph.node:  # in graph (topological) order: producers are decided first
+        if node.op_type in CPU_ACTIVATION_OPS and node.op_type not in QUANTIZABLE and node.name not in keep_float:
+            if not any(from_float(i) for i in node.input if i):
+                int8.add(node.name)
+    return int8
+
+
+def _cpu_tensors(model, int8: set[str]) -> set[str]:
+    """Activation tensors read or written by the int8 nodes (a Conv/Gemm: its data input)."""
+    made_by = producers(model.graph)
+    graph_inputs = {g.name for g in model.graph.input}
     touched: set[str] = set()
     for node in model.graph.node:
-        if node.name in keep_float or node.op_type not in CPU_ACTIVATION_OPS:
+        if node.name not in int8:
             continue
-        if node.op_type in QUANTIZABLE and node.name not in quantized:
-            continue
-        acts = [i for i in node.input if i and (i in made_by or i in {g.name for g in model.graph.input})]
-        if node.op_type in QUANTIZABLE:
-            acts = acts[:1]
-        touched.update(acts)
+        acts = [i for i in node.input if i and (i in made_by or i in graph_inputs)]
+        touched.update(acts[:1] if node.op_type in QUANTIZABLE else acts)
         touched.update(o for o in node.output if o)
     return touched
 

@@ -140,22 +140,80 @@ def test_cpu_target_weights_use_the_reduced_range(quantized, exported):
         assert len(weights) == 20 and all((w == qmax).all() for w in weights)
 
 
-def test_relu_folding_is_exact(exported, tmp_path):
-    """cpu target with zero point 0: Q(x) == Q(relu(x)), so removing the Relu changes nothing."""
-    from rexport.calibration.qdq import QParams, fold_relus, insert_qdq
+def _uniform_params(model, zero_point=128):
+    """QParams for every activation: zero point 0 after a Relu (what calibration gives), else `zero_point`."""
+    from rexport.calibration.qdq import QParams
+
+    relu_outputs = {n.output[0] for n in model.graph.node if n.op_type == "Relu"}
+    return {t: QParams(0.05, 0 if t in relu_outputs else zero_point, "uint8")
+            for t in [i.name for i in model.graph.input] + [o for n in model.graph.node for o in n.output]}
+
+
+def _run(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_relu_folding_is_exact(exported):
+    """cpu target with zero point 0: Q(x) == Q(relu(x)), so the Relus folded away change nothing:
+    putting a Relu back in front of each such QuantizeLinear gives the same logits."""
+    from rexport.calibration.qdq import insert_qdq
 
     model = onnx.load(str(exported("resnet20")))
-    folded = onnx.ModelProto()
-    folded.CopyFrom(model)
-    zero_point_zero = fold_relus(folded, set())
-    params = {t: QParams(0.05, 0 if t in zero_point_zero else 128, "uint8")
-              for t in [i.name for i in model.graph.input] + [o for n in model.graph.node for o in n.output]}
-    with_relu = insert_qdq(model, params, "cpu")
-    without = insert_qdq(folded, params, "cpu")
-    assert sum(n.op_type == "Relu" for n in without.graph.node) < sum(n.op_type == "Relu" for n in with_relu.graph.node)
+    folded = insert_qdq(model, _uniform_params(model), "cpu")
+    relus = sum(n.op_type == "Relu" for n in model.graph.node)
+    assert sum(n.op_type == "Relu" for n in folded.graph.node) == 0 < relus
+    inits, made_by = initializers(folded.graph), producers(folded.graph)
+    restored = _copy(folded)
+    for q in restored.graph.node:
+        src = made_by.get(q.input[0])
+        if q.op_type == "QuantizeLinear" and src is not None and src.op_type in ("Conv", "Add") \
+                and inits[q.input[2]] == 0:
+            restored.graph.node.append(onnx.helper.make_node("Relu", [q.input[0]], [q.input[0] + "_relu"]))
+            q.input[0] += "_relu"
+    restored_relus = sum(n.op_type == "Relu" for n in restored.graph.node)
+    assert restored_relus == relus  # every Relu folded is put back
+    from rexport.onnx_graph import topological_sort
+
+    topological_sort(restored.graph)
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
-    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    np.testing.assert_allclose(run(with_relu), run(without), atol=1e-5)
+    np.testing.assert_allclose(_run(folded, x), _run(restored, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["trt", "cpu"])
+def test_every_layer_kept_in_float_gives_back_fp32(exported, target):
+    """The budget's end point: with every Conv/Gemm in float, nothing is quantized (the cpu target's
+    Adds and pooling follow their convs into float, and its folded Relus stay)."""
+    from rexport.calibration.qdq import insert_qdq, quantizable_nodes
+
+    model = onnx.load(str(exported("resnet20")))
+    params = _uniform_params(model)
+    if target == "trt":
+        params = {t: q.__class__(q.scale, 0, "int8") for t, q in params.items()}
+    q = insert_qdq(model, params, target, frozenset(n.name for n in quantizable_nodes(model)))
+    assert not [n.op_type for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(_run(q, x), _run(model, x), atol=1e-5)
+
+
+def test_cpu_add_after_a_float_conv_stays_float(exported, tmp_path):
+    """cpu target: keeping a block's last conv in float keeps its residual Add in float (no Q/DQ
+    noise there for nothing), while every other Add is still fused into a QLinearAdd."""
+    from rexport.calibration.qdq import insert_qdq
+
+    model = onnx.load(str(exported("resnet20")))
+    adds = residual_adds(model)
+    made_by = producers(model.graph)
+    add_name, (_, main) = sorted(adds.items())[len(adds) // 2]
+    q = insert_qdq(model, _uniform_params(model), "cpu", frozenset({made_by[main].name}))
+    add = next(n for n in q.graph.node if n.name == add_name)
+    assert made_by[main].name in {producers(q.graph)[i].name for i in add.input}  # the float conv's output, as is
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(q.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearAdd") == len(adds) - 1 and ops.count("Add") == 1
 
 
 def _copy(model):

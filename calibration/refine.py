@@ -180,7 +180,8 @@ def search_ranges(model, layers: list[Layer], params: dict[str, QParams], stats:
     readers: dict[str, list[Layer]] = {}
     for layer in layers:
         readers.setdefault(layer.input, []).append(_projected(layer, rng))
-    identities = {ident for ident, _ in residual_adds(model).values()} if target == "trt" else set()
+    identities = dict.fromkeys(i for i, _ in residual_adds(model).values()) if target == "trt" else {}  # ordered:
+    # the random samples below are drawn tensor by tensor, so a set's order would change the result per process
     tensors = [t for t in dict.fromkeys([*readers, *identities]) if t in stats and t in params]
     batches = max(1, -(-len(inputs) // batch_size))
     wanted = {layer.node: int(np.clip(RANGE_MACS // layer.weight.size, RANGE_MIN_ROWS, RANGE_ROWS))

@@ -82,7 +82,7 @@ def test_budget_keeps_the_worst_layers_in_float_until_it_holds(demo_fp32, tmp_pa
     assert result.score.top1_drop <= 0.5
     assert 0 < len(result.budget.kept) < result.census.total
     assert set(result.budget.kept) == set(result.census.float)
-    b, macs = result.budget, result.census.macs  # kept in order of agreement gained per MAC, then logit MSE
+    b, macs = result.budget, result.census.macs  # kept in order of expected agreement gained per MAC, then MSE
     ranked = sorted(b.gain, key=lambda n: (-b.gain[n] / macs[n], -b.sensitivity[n] / macs[n]))
     assert b.kept == ranked[:len(b.kept)]
     assert 0 < result.census.int8_share < 1
@@ -90,6 +90,47 @@ def test_budget_keeps_the_worst_layers_in_float_until_it_holds(demo_fp32, tmp_pa
     # the census and the metadata say what stayed in float
     info = ModelInfo.from_props({p.key: p.value for p in onnx.load(str(result.path)).metadata_props})
     assert info.calibration["census"]["float_layers"] == len(result.budget.kept)
+
+
+def test_calibration_is_reproducible_across_processes(demo_fp32, tmp_path):
+    """Same inputs, same file, whatever Python's hash seed: the refinements draw their random samples
+    tensor by tensor, and once drew them in a set's order, which changes from process to process."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    digests = set()
+    for seed in ("1", "2"):
+        out = tmp_path / f"q{seed}.onnx"
+        code = ("import sys; from rexport.calibration import QuantizeConfig, quantize; "
+                "quantize(sys.argv[1], sys.argv[2], QuantizeConfig(data='demo:train', samples=96))")
+        subprocess.run([sys.executable, "-c", code, str(demo_fp32), str(out)], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
+        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert len(digests) == 1
+
+
+def test_expected_agreement_predicts_counted_agreement():
+    """The budget's ranking signal: with Gaussian errors it equals the counted agreement on many
+    samples; it falls as the error grows, and is 1 with no error at all."""
+    from rexport.calibration.budget import expected_agreement
+
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((200_000, 10)) * 2
+    assert expected_agreement(reference, reference) == 1.0
+    previous = 1.0
+    for spread in (0.1, 0.5, 1.0):
+        logits = reference + rng.standard_normal(reference.shape) * spread
+        order = np.argsort(reference, axis=1)
+        # the model's assumption: only the top-1 / runner-up margin decides (exact for two classes)
+        two = reference[np.arange(len(reference))[:, None], order[:, -2:]]
+        noisy = two + rng.standard_normal(two.shape) * spread
+        counted = float((noisy.argmax(1) == two.argmax(1)).mean())
+        assert abs(expected_agreement(noisy, two) - counted) < 0.003, spread
+        current = expected_agreement(logits, reference)
+        assert current < previous
+        previous = current
 
 
 def test_agreement_floor_works_without_labels(demo_fp32, tmp_path):

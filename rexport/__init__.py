@@ -7,3 +7,16 @@ Packages follow the data flow:
 """
 
 __version__ = "0.1.0"
+
+PACKAGES = ("rexport", "rexport.exporter", "rexport.calibration", "rexport.runtime")
+
+
+def package_sources() -> dict[str, str]:
+    """Package -> the checkout (or site-packages) it was imported from: the folder that holds
+    its source folder. The packages map onto top-level folders (`rexport.runtime` -> `runtime/`),
+    so an editable install in one checkout and `import rexport` in another can mix two trees;
+    `rexport doctor` and the tests check that they all name one."""
+    import importlib
+    from pathlib import Path
+
+    return {name: str(Path(importlib.import_module(name).__file__).resolve().parent.parent) for name in PACKAGES}

@@ -464,7 +464,7 @@ def inspect_environment() -> EnvironmentReport:
     what is missing."""
     from rexport.runtime import cuda
 
-    checks: list[Check] = []
+    checks: list[Check] = [_source_check()]
     compat: TensorRT | None = None
     rtx: TensorRT | None = None
     try:
@@ -517,6 +517,18 @@ def inspect_environment() -> EnvironmentReport:
                                         "run: pip install 'rexport[trt]'"))
     checks.append(_dla_check(compat, gpu))
     return EnvironmentReport(checks)
+
+
+def _source_check() -> Check:
+    """rexport's packages all from one tree, or which comes from where."""
+    from rexport import __version__, package_sources
+
+    sources = package_sources()
+    if len(set(sources.values())) == 1:
+        return Check("rexport", True, f"{__version__} from {next(iter(sources.values()))}")
+    return Check("rexport", False, "packages from different trees (an editable install of another checkout?): "
+                 + "; ".join(f"{k} from {v}" for k, v in sources.items())
+                 + "; run: pip install -e . in the checkout you want")
 
 
 def _dla_check(compat: TensorRT | None, gpu: Any) -> Check:

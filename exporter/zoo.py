@@ -1,7 +1,11 @@
 """The model zoo: every ResNet-family architecture rexport can export, by name.
 
-One `ResNet` class builds all of them from a block type, a list of stage depths and a few
-switches, the way torchvision's does:
+One `ResNet` class builds all of them from a block kind, a list of stage depths and a few
+switches, the way torchvision's does. There are two block kinds, `BasicBlock` (two 3x3 convs)
+and `Bottleneck` (1x1-3x3-1x1); both are a `Block`, which writes the conv-BN-ReLU units, their
+pre-activation order (`preact=True`), the shortcut and the plain variant once. The arch names
+are written out in one table at the end (`_imagenet`, `_cifar` and `_register` rows), so that
+grepping for a name finds its definition. The families:
 
 - ImageNet ResNet / ResNeXt / Wide ResNet (torchvision-compatible: identical state-dict keys,
   shapes and forward; stride on the 3x3 conv, "ResNet v1.5");
@@ -52,124 +56,85 @@ class ShortcutA(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.pad, self.pad))
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs. `downsample` is the shortcut where the shape changes (projection or
-    option A); `residual=False` gives the plain network's block."""
+class Block(nn.Module):
+    """A chain of units, one per conv, around a shortcut; BasicBlock and Bottleneck give the convs.
+
+    Post-activation (the ResNet paper, torchvision): unit k is conv{k}-bn{k}-relu{k}, and the
+    last ReLU comes after the addition. Pre-activation: unit k is bn{k}-relu{k}-conv{k}, the sum
+    is the output, and a projection shortcut takes the first pre-activated input.
+    `downsample` is the shortcut where the shape changes (projection or option A);
+    `residual=False` gives the plain network's block. The numbered names are torchvision's
+    state-dict keys (and the ONNX node names), so the units are attributes fetched by number.
+    """
+
+    def __init__(self, convs: list[nn.Conv2d], downsample: nn.Module | None = None, *,
+                 preact: bool = False, residual: bool = True):
+        super().__init__()
+        self.preact, self.residual, self.depth = preact, residual, len(convs)
+        order = ("bn", "relu", "conv") if preact else ("conv", "bn", "relu")
+        for k, conv in enumerate(convs, 1):
+            unit = {"conv": conv, "relu": nn.ReLU(inplace=True),
+                    "bn": nn.BatchNorm2d(conv.in_channels if preact else conv.out_channels)}
+            for name in order:
+                self.add_module(f"{name}{k}", unit[name])
+        self.downsample = downsample
+
+    def unit(self, k: int) -> tuple[nn.Conv2d, nn.BatchNorm2d, nn.ReLU]:
+        return getattr(self, f"conv{k}"), getattr(self, f"bn{k}"), getattr(self, f"relu{k}")
+
+    def zero_init_last(self) -> None:
+        """Zero the last BN's scale, so that a post-activation block starts as its shortcut."""
+        _, bn, _ = self.unit(self.depth)
+        nn.init.constant_(bn.weight, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        units = [self.unit(k) for k in range(1, self.depth + 1)]
+        out = shortcut = x
+        if self.preact:  # BN-ReLU-conv per unit; the sum is the output
+            for k, (conv, bn, relu) in enumerate(units):
+                out = relu(bn(out))
+                if k == 0 and self.downsample is not None:
+                    shortcut = self.downsample(out)  # a projection sees the pre-activated input
+                out = conv(out)
+            return out + shortcut if self.residual else out
+        for conv, bn, relu in units[:-1]:  # conv-BN-ReLU per unit; the last ReLU after the sum
+            out = relu(bn(conv(out)))
+        conv, bn, relu = units[-1]
+        out = bn(conv(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return relu(out)
+
+
+class BasicBlock(Block):
+    """Two 3x3 convs (ResNet-18/34, the CIFAR ResNets)."""
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
-                 residual: bool = True):
-        super().__init__()
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 groups: int = 1, base_width: int = 64, *, preact: bool = False, residual: bool = True):
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
-        self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.residual = residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu2(out)
+        super().__init__([conv3x3(inplanes, planes, stride), conv3x3(planes, planes)], downsample,
+                         preact=preact, residual=residual)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(Block):
     """1x1 reduce, 3x3 (grouped for ResNeXt, stride here as in torchvision), 1x1 expand."""
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
-                 residual: bool = True):
-        super().__init__()
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 groups: int = 1, base_width: int = 64, *, preact: bool = False, residual: bool = True):
         width = int(planes * (base_width / 64.0)) * groups
-        self.conv1 = conv1x1(inplanes, width)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(width, width, stride, groups)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv3 = conv1x1(width, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu3 = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.residual = residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.relu2(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu3(out)
+        convs = [conv1x1(inplanes, width), conv3x3(width, width, stride, groups),
+                 conv1x1(width, planes * self.expansion)]
+        super().__init__(convs, downsample, preact=preact, residual=residual)
 
 
-class PreActBasicBlock(nn.Module):
-    """BN-ReLU-conv twice; a projection shortcut takes the pre-activated input."""
-
-    expansion = 1
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
-                 residual: bool = True):
-        super().__init__()
-        if groups != 1 or base_width != 64:
-            raise ValueError("PreActBasicBlock supports only groups=1 and base_width=64")
-        self.bn1 = nn.BatchNorm2d(inplanes)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes)
-        self.downsample = downsample
-        self.residual = residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu1(self.bn1(x))
-        shortcut = x if self.downsample is None else self.downsample(pre)
-        out = self.conv1(pre)
-        out = self.conv2(self.relu2(self.bn2(out)))
-        return out + shortcut if self.residual else out
-
-
-class PreActBottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
-                 residual: bool = True):
-        super().__init__()
-        width = int(planes * (base_width / 64.0)) * groups
-        self.bn1 = nn.BatchNorm2d(inplanes)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = conv1x1(inplanes, width)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(width, width, stride, groups)
-        self.bn3 = nn.BatchNorm2d(width)
-        self.relu3 = nn.ReLU(inplace=True)
-        self.conv3 = conv1x1(width, planes * self.expansion)
-        self.downsample = downsample
-        self.residual = residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu1(self.bn1(x))
-        shortcut = x if self.downsample is None else self.downsample(pre)
-        out = self.conv1(pre)
-        out = self.conv2(self.relu2(self.bn2(out)))
-        out = self.conv3(self.relu3(self.bn3(out)))
-        return out + shortcut if self.residual else out
-
-
-Block = type[BasicBlock] | type[Bottleneck] | type[PreActBasicBlock] | type[PreActBottleneck]
+# The pre-activation blocks' names before `preact=` replaced them: full pickles of older models
+# (--unsafe-pickle reads their state dict) still find their classes.
+PreActBasicBlock, PreActBottleneck = BasicBlock, Bottleneck
 
 
 class ResNet(nn.Module):
@@ -182,7 +147,7 @@ class ResNet(nn.Module):
     shortcut="none": the plain network.
     """
 
-    def __init__(self, block: Block, layers: list[int], *, widths: tuple[int, ...] = (64, 128, 256, 512),
+    def __init__(self, block: type[Block], layers: list[int], *, widths: tuple[int, ...] = (64, 128, 256, 512),
                  stem: str = "imagenet", shortcut: str = "B", preact: bool = False,
                  num_classes: int = 1000, in_channels: int = 3, groups: int = 1,
                  width_per_group: int = 64, zero_init_residual: bool = False):
@@ -224,12 +189,11 @@ class ResNet(nn.Module):
                 nn.init.constant_(m.bias, 0)
         if zero_init_residual and not preact:
             for m in self.modules():
-                if isinstance(m, Bottleneck):
-                    nn.init.constant_(m.bn3.weight, 0)
-                elif isinstance(m, BasicBlock):
-                    nn.init.constant_(m.bn2.weight, 0)
+                if isinstance(m, Block):
+                    m.zero_init_last()
 
-    def _make_layer(self, block: Block, planes: int, blocks: int, stride: int, shortcut: str) -> nn.Sequential:
+    def _make_layer(self, block: type[Block], planes: int, blocks: int, stride: int,
+                    shortcut: str) -> nn.Sequential:
         out_planes = planes * block.expansion
         downsample = None
         if shortcut != "none" and (stride != 1 or self.inplanes != out_planes):
@@ -241,7 +205,7 @@ class ResNet(nn.Module):
                 downsample = nn.Sequential(conv1x1(self.inplanes, out_planes, stride),
                                            nn.BatchNorm2d(out_planes))
         residual = shortcut != "none"
-        kwargs = dict(groups=self.groups, base_width=self.base_width, residual=residual)
+        kwargs = dict(groups=self.groups, base_width=self.base_width, preact=self.preact, residual=residual)
         stage = [block(self.inplanes, planes, stride, downsample, **kwargs)]
         self.inplanes = out_planes
         stage += [block(self.inplanes, planes, **kwargs) for _ in range(1, blocks)]
@@ -271,7 +235,7 @@ class Arch:
 
     name: str
     family: str
-    block: Block
+    block: type[Block]
     layers: tuple[int, ...]
     input_size: int  # default square input side
     num_classes: int  # default number of classes (ImageNet 1000, CIFAR 10)
@@ -302,41 +266,67 @@ class Arch:
 
 ARCHS: dict[str, Arch] = {}
 
+# What the archs of a family share: `cifar` (3x3 stem, 16/32/64 channels, 32x32 input, 10 classes;
+# otherwise ImageNet's 224x224 and 1000 classes), the `shortcuts` a user may choose (first is the
+# default), and fixed ResNet(...) options. ARCHS lists the families in this order.
+_FAMILIES: dict[str, dict] = {
+    "resnet": {},
+    "resnext": {},
+    "wide_resnet": {"width_per_group": 128},
+    "cifar_resnet": {"cifar": True, "shortcuts": ("A", "B")},
+    "preact_resnet": {"preact": True},
+    "preact_cifar": {"cifar": True, "preact": True},
+    "plain": {"shortcut": "none"},
+    "plain_cifar": {"cifar": True, "shortcut": "none"},
+}
 
-def _register(name: str, family: str, block: Block, layers, *, cifar: bool = False,
-              shortcuts: tuple[str, ...] = (), **options) -> None:
+
+def _register(name: str, family: str, block: type[Block], layers: tuple[int, ...], **options) -> None:
+    """Add one arch: its family's settings plus its own ResNet(...) options."""
+    options = {**_FAMILIES[family], **options}
+    cifar, shortcuts = options.pop("cifar", False), options.pop("shortcuts", ())
     if cifar:
         options = {"stem": "cifar", "widths": (16, 32, 64), **options}
-    ARCHS[name] = Arch(name, family, block, tuple(layers), 32 if cifar else 224,
-                       10 if cifar else 1000, options, shortcuts)
+    ARCHS[name] = Arch(name, family, block, layers, 32 if cifar else 224, 10 if cifar else 1000,
+                       options, shortcuts)
 
 
-_IMAGENET_DEPTHS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
-                    50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3)),
-                    152: (Bottleneck, (3, 8, 36, 3))}
-_PREACT_BLOCK = {BasicBlock: PreActBasicBlock, Bottleneck: PreActBottleneck}
+def _imagenet(resnet: str, preact: str, plain: str, block: type[Block], layers: tuple[int, ...]) -> None:
+    _register(resnet, "resnet", block, layers)
+    _register(preact, "preact_resnet", block, layers)
+    _register(plain, "plain", block, layers)
 
-for _depth, (_block, _layers) in _IMAGENET_DEPTHS.items():
-    _register(f"resnet{_depth}", "resnet", _block, _layers)
+
+def _cifar(resnet: str, plain: str, layers: tuple[int, ...]) -> None:
+    _register(resnet, "cifar_resnet", BasicBlock, layers)
+    _register(plain, "plain_cifar", BasicBlock, layers)
+
+
+# Every public name. torchvision's ImageNet depths, each also with pre-activation blocks and plain:
+#         ResNet       pre-activation      plain       block       blocks per stage
+_imagenet("resnet18",  "preact_resnet18",  "plain18",  BasicBlock, (2, 2, 2, 2))
+_imagenet("resnet34",  "preact_resnet34",  "plain34",  BasicBlock, (3, 4, 6, 3))
+_imagenet("resnet50",  "preact_resnet50",  "plain50",  Bottleneck, (3, 4, 6, 3))
+_imagenet("resnet101", "preact_resnet101", "plain101", Bottleneck, (3, 4, 23, 3))
+_imagenet("resnet152", "preact_resnet152", "plain152", Bottleneck, (3, 8, 36, 3))
 _register("resnext50_32x4d", "resnext", Bottleneck, (3, 4, 6, 3), groups=32, width_per_group=4)
 _register("resnext101_32x8d", "resnext", Bottleneck, (3, 4, 23, 3), groups=32, width_per_group=8)
 _register("resnext101_64x4d", "resnext", Bottleneck, (3, 4, 23, 3), groups=64, width_per_group=4)
-_register("wide_resnet50_2", "wide_resnet", Bottleneck, (3, 4, 6, 3), width_per_group=128)
-_register("wide_resnet101_2", "wide_resnet", Bottleneck, (3, 4, 23, 3), width_per_group=128)
-for _depth in (20, 32, 44, 56, 110, 1202):  # 6n+2 layers
-    _register(f"resnet{_depth}", "cifar_resnet", BasicBlock, [(_depth - 2) // 6] * 3, cifar=True,
-              shortcuts=("A", "B"))
-for _depth, (_block, _layers) in _IMAGENET_DEPTHS.items():
-    _register(f"preact_resnet{_depth}", "preact_resnet", _PREACT_BLOCK[_block], _layers, preact=True)
-_register("preact_resnet110", "preact_cifar", PreActBasicBlock, (18, 18, 18), cifar=True, preact=True)
-for _depth in (164, 1001):  # 9n+2 layers, bottleneck blocks
-    _register(f"preact_resnet{_depth}", "preact_cifar", PreActBottleneck, [(_depth - 2) // 9] * 3,
-              cifar=True, preact=True)
-for _depth, (_block, _layers) in _IMAGENET_DEPTHS.items():
-    _register(f"plain{_depth}", "plain", _block, _layers, shortcut="none")
-for _depth in (20, 32, 44, 56, 110):
-    _register(f"plain{_depth}", "plain_cifar", BasicBlock, [(_depth - 2) // 6] * 3, cifar=True,
-              shortcut="none")
+_register("wide_resnet50_2", "wide_resnet", Bottleneck, (3, 4, 6, 3))
+_register("wide_resnet101_2", "wide_resnet", Bottleneck, (3, 4, 23, 3))
+# The ResNet paper's CIFAR nets (6n+2 layers: n basic blocks per stage), each also plain:
+_cifar("resnet20",  "plain20",  (3, 3, 3))
+_cifar("resnet32",  "plain32",  (5, 5, 5))
+_cifar("resnet44",  "plain44",  (7, 7, 7))
+_cifar("resnet56",  "plain56",  (9, 9, 9))
+_cifar("resnet110", "plain110", (18, 18, 18))
+_register("resnet1202", "cifar_resnet", BasicBlock, (200, 200, 200))
+# "Identity Mappings"' CIFAR nets: 110 layers of basic blocks; 9n+2 layers of bottlenecks
+_register("preact_resnet110", "preact_cifar", BasicBlock, (18, 18, 18))
+_register("preact_resnet164", "preact_cifar", Bottleneck, (18, 18, 18))
+_register("preact_resnet1001", "preact_cifar", Bottleneck, (111, 111, 111))
+# family by family, in _FAMILIES's order (a row above registers several families)
+ARCHS = dict(sorted(ARCHS.items(), key=lambda item: list(_FAMILIES).index(item[1].family)))
 
 
 def get_arch(name: str) -> Arch:

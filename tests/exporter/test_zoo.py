@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,15 @@ def test_every_registered_arch_builds_and_runs_forward():
             model = build_model(arch.name)
         out = model(torch.empty(2, 3, arch.input_size, arch.input_size, device="meta"))
         assert tuple(out.shape) == (2, arch.num_classes), arch.name
+
+
+def test_every_arch_name_is_written_out_in_the_zoo():
+    """`grep '"resnet56"' exporter/zoo.py` finds its definition: no name is assembled by an f-string."""
+    from rexport.exporter import zoo
+
+    source = Path(zoo.__file__).read_text()
+    missing = [name for name in ARCHS if not re.search(rf'"{re.escape(name)}",', source)]
+    assert not missing, f"arch names not written out in {zoo.__file__}: {missing}"
 
 
 def test_unknown_arch_suggests_close_names():

@@ -177,41 +177,81 @@ def onnx_model_info(backend, path: Path) -> ModelInfo:
     return info
 
 
-def open_model_file(path: Path, *, providers="auto", threads: int | None = None, device: int = 0
-                    ) -> tuple[Backend, ModelInfo]:
+BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
+X86 = ("x86_64", "amd64", "i386", "i686")
+
+
+def choose_backend(path: Path, backend: str = "auto", providers="auto") -> str:
+    """The backend for one model file. "auto": TensorRT for engines; for ONNX, ONNX Runtime when
+    it has a GPU provider (or providers other than the CPU are asked for), else OpenVINO on x86
+    CPUs where it is installed (faster than ONNX Runtime there: benchmarks/README.md), else ONNX
+    Runtime."""
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    engine = path.suffix.lower() in (".engine", ".plan", ".trt")
+    if backend != "auto":
+        if engine != (backend == "tensorrt"):
+            raise InputError(f"the {backend} backend cannot run {path.name}: "
+                             + ("engines run on tensorrt" if engine else "tensorrt runs engines; this is an ONNX file"))
+        return backend
+    if engine:
+        return "tensorrt"
+    import importlib.util
+    import platform
+
+    if providers not in ("auto", "cpu", "CPUExecutionProvider", ["cpu"], ("cpu",)):
+        return "onnxruntime"
+    if providers == "auto" and importlib.util.find_spec("onnxruntime") is not None:
+        from rexport.runtime.backends.onnxruntime import GPU_PROVIDERS, resolve_providers
+
+        if any(p in GPU_PROVIDERS for p in resolve_providers("auto")):
+            return "onnxruntime"
+    if importlib.util.find_spec("openvino") is not None and platform.machine().lower() in X86:
+        return "openvino"
+    return "onnxruntime"
+
+
+def open_model_file(path: Path, *, backend: str = "auto", providers="auto", threads: int | None = None,
+                    device: int = 0) -> tuple[Backend, ModelInfo]:
     """A backend for one model file, and its description."""
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
-
-        backend = OnnxRuntimeBackend(path, providers=providers, threads=threads, device=device)
-        try:
-            info = onnx_model_info(backend, path)
-        except BaseException:
-            backend.close()
-            raise
-        return backend, info
-    if suffix in (".engine", ".plan", ".trt"):
+    if suffix not in (".onnx", ".engine", ".plan", ".trt"):
+        raise InputError(f"cannot load {path}: expected a bundle directory or archive, a .onnx or a .engine file")
+    chosen = choose_backend(path, backend, providers)
+    if chosen == "tensorrt":
         check_model_path(path, "engine")  # a FIFO or device would hang the read
         from rexport.runtime.backends.tensorrt import TensorRTBackend
 
-        backend = TensorRTBackend(path, device=device)
-        if backend.info is None:
+        runner = TensorRTBackend(path, device=device)
+        if runner.info is None:
             raise InputError(f"the sidecar of {path} carries no model description (preprocessing, labels); "
                              "build the engine from a rexport ONNX")
-        return backend, backend.info
-    raise InputError(f"cannot load {path}: expected a bundle directory or archive, a .onnx or a .engine file")
+        return runner, runner.info
+    if chosen == "openvino":
+        from rexport.runtime.backends.openvino import OpenVinoBackend
+
+        runner = OpenVinoBackend(path, threads=threads)
+    else:
+        from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+        runner = OnnxRuntimeBackend(path, providers=providers, threads=threads, device=device)
+    try:
+        return runner, onnx_model_info(runner, path)
+    except BaseException:
+        runner.close()
+        raise
 
 
-def load(path: str | os.PathLike, *, model: str | None = None, providers: str | list[str] = "auto",
-         threads: int | None = None, device: int = 0) -> Predictor:
+def load(path: str | os.PathLike, *, model: str | None = None, backend: str = "auto",
+         providers: str | list[str] = "auto", threads: int | None = None, device: int = 0) -> Predictor:
     """Load a bundle (directory or archive), a bare .onnx, or a TensorRT .engine (with its sidecar).
 
     model:     which of a bundle's models to run: a file name or a precision ("fp32", "fp16",
                "int8", "engine"); default: the bundle's default model
+    backend:   "auto" (see `choose_backend`), "onnxruntime", "openvino" or "tensorrt"
     providers: onnxruntime execution providers: "auto" (TensorRT, CUDA, then CPU, as available),
                "cpu", "cuda", "tensorrt", or a list
-    threads:   onnxruntime intra-op threads (default: onnxruntime's choice)
+    threads:   inference threads (onnxruntime intra-op, OpenVINO INFERENCE_NUM_THREADS; default: theirs)
     """
     path = Path(path)
     if not path.exists():
@@ -222,15 +262,15 @@ def load(path: str | os.PathLike, *, model: str | None = None, providers: str | 
         bundle = open_bundle(path)
         try:
             file = bundle.model_file(model)
-            backend, info = open_model_file(file, providers=providers, threads=threads, device=device)
+            runner, info = open_model_file(file, backend=backend, providers=providers, threads=threads, device=device)
         except BaseException:
             bundle.cleanup()
             raise
-        return Predictor(backend, info, path, bundle, file)
+        return Predictor(runner, info, path, bundle, file)
     if model is not None:
         raise InputError(f"model={model!r} picks one model of a bundle, but {path} is a single model file")
     if path.is_dir():
         raise InputError(f"{path} is a directory without rexport.json, so it is not a bundle; "
                          "make one with `rexport bundle`")
-    backend, info = open_model_file(path, providers=providers, threads=threads, device=device)
-    return Predictor(backend, info, path)
+    runner, info = open_model_file(path, backend=backend, providers=providers, threads=threads, device=device)
+    return Predictor(runner, info, path)

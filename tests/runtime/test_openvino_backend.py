@@ -1,0 +1,112 @@
+"""The OpenVINO backend, for real: the same files as ONNX Runtime (FP32, FP16, INT8 of both
+targets), the same answers, the batch range from ModelInfo, threads, the model cache, many
+threads at once, and `backend="auto"`."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from rexport.errors import InputError
+from rexport.runtime import load
+from rexport.runtime.predictor import choose_backend
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def variants(demo_fp32, tmp_path_factory):
+    """The demo model as FP32, FP16 and INT8 for both targets."""
+    from rexport.calibration import QuantizeConfig, quantize, to_fp16
+
+    root = tmp_path_factory.mktemp("openvino")
+    files = {"fp32": demo_fp32, "fp16": to_fp16(demo_fp32, root / "demo.fp16.onnx").path}
+    for target in ("cpu", "trt"):
+        files[f"int8-{target}"] = quantize(demo_fp32, root / f"demo.int8-{target}.onnx",
+                                           QuantizeConfig(data="demo:train", samples=128, target=target)).path
+    return files
+
+
+@pytest.fixture(scope="module")
+def digits(demo_fp32):
+    from rexport.calibration import load_calibration_data
+    from rexport.calibration.fp16 import read_model
+
+    return load_calibration_data("demo:test", read_model(demo_fp32)[1], samples=None).inputs
+
+
+@pytest.mark.parametrize("precision, atol", [("fp32", 1e-4), ("fp16", 1e-2), ("int8-cpu", 0.5), ("int8-trt", 0.5)])
+def test_same_answers_as_onnxruntime(variants, digits, precision, atol):
+    """Every precision runs unconverted; top-1 equal on the 360 held-out digits. INT8 logits
+    differ by a few quantization steps (each engine requantizes its own way), FP32 not at all."""
+    ov, ort = (load(variants[precision], backend=b) for b in ("openvino", "onnxruntime"))
+    assert ov.backend.name == "openvino CPU" and ov.info == ort.info
+    a, b = ov.backend.run_batched(digits), ort.backend.run_batched(digits)
+    assert (a.argmax(1) == b.argmax(1)).mean() == 1.0
+    assert np.abs(a - b).max() <= atol
+
+
+def test_batch_range_threads_and_errors(variants, digits):
+    p = load(variants["fp32"], backend="openvino", threads=1)
+    assert (p.backend.min_batch, p.backend.max_batch) == (p.info.batch.min, p.info.batch.max)
+    assert p.backend.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert p.run(digits[:70]).shape == (70, 10)  # the Predictor splits what the range cannot take
+    with pytest.raises(InputError, match=f"batches of 1 to {p.info.batch.max}, got {p.info.batch.max + 1}"):
+        p.backend.run(digits[:p.info.batch.max + 1])
+    with pytest.raises(InputError, match="has shape 2x3x16x16"):
+        p.run(np.zeros((2, 3, 16, 16), np.float32))
+
+
+def test_many_threads_match_one(variants, digits):
+    p = load(variants["int8-cpu"], backend="openvino")
+    chunks = [digits[i:i + 8] for i in range(0, 128, 8)]
+    alone = [p.run(c) for c in chunks]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(p.run, chunks))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+
+
+def test_model_cache_is_written_and_reused(variants, tmp_path):
+    from rexport.runtime.backends.openvino import OpenVinoBackend
+
+    cache = tmp_path / "ov-cache"
+    first = OpenVinoBackend(variants["int8-trt"], cache_dir=cache)
+    blobs = sorted(p.name for p in cache.iterdir())
+    assert blobs and all(p.stat().st_size > 0 for p in cache.iterdir())
+    again = OpenVinoBackend(variants["int8-trt"], cache_dir=cache)  # compiled from the cache: nothing new
+    assert sorted(p.name for p in cache.iterdir()) == blobs
+    x = np.random.default_rng(0).standard_normal((4, *first.input_shape[1:])).astype(np.float32)
+    assert np.array_equal(first.run(x), again.run(x))
+
+
+def test_unknown_device_is_one_line(variants):
+    from rexport.runtime.backends.openvino import OpenVinoBackend
+
+    with pytest.raises(InputError, match=r"OpenVINO here has no device 'TPU' \(available: .*CPU"):
+        OpenVinoBackend(variants["fp32"], device="TPU")
+
+
+def test_auto_picks_by_the_stated_rule(variants, tmp_path, monkeypatch):
+    import platform
+
+    onnx_file = variants["fp32"]
+    assert choose_backend(tmp_path / "m.engine") == "tensorrt"
+    assert choose_backend(onnx_file, providers="cuda") == "onnxruntime"  # asked for ONNX Runtime's GPU
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert choose_backend(onnx_file) == ("openvino" if x86 else "onnxruntime")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")  # Jetson, Raspberry Pi: ONNX Runtime
+    assert choose_backend(onnx_file) == "onnxruntime"
+    with pytest.raises(InputError, match="tensorrt runs engines; this is an ONNX file"):
+        choose_backend(onnx_file, "tensorrt")
+    with pytest.raises(InputError, match="backend must be one of auto, onnxruntime, openvino, tensorrt"):
+        choose_backend(onnx_file, "tflite")
+
+
+def test_bundle_selftest_passes_on_openvino(demo_bundle):
+    """The bundle's references were recorded by ONNX Runtime; OpenVINO meets the same gates."""
+    for model in ("fp32", "int8"):
+        with load(demo_bundle, model=model, backend="openvino") as p:
+            report = p.selftest()
+            assert report.backend == "openvino CPU" and report.passed, report.format()

@@ -61,6 +61,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+PIPELINE_WORKERS = 2  # predict(): threads decoding and preprocessing ahead of inference
+
+
 class Predictor:
     """A loaded model: preprocessing + backend + labels. Create it with `load()`."""
 
@@ -110,11 +113,45 @@ class Predictor:
         return preprocess(images, self.info.preprocess, max_pixels=max_pixels)
 
     def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5, *,
-                max_pixels: int | None = None) -> Prediction | list[Prediction]:
-        """One image -> a Prediction; a list (or N x H x W x C array) -> a list of them."""
+                max_pixels: int | None = None, workers: int | None = None) -> Prediction | list[Prediction]:
+        """One image -> a Prediction; a list (or N x H x W x C array) -> a list of them, in order.
+
+        Many images are pipelined: batches of the model's preferred size are decoded and
+        preprocessed by `workers` threads (default 2; 0: none, in turn with inference) a few
+        batches ahead of inference, which runs meanwhile. The answers are the same."""
         single = not isinstance(images, (list, tuple)) and not (isinstance(images, np.ndarray) and images.ndim == 4)
-        predictions = self.classify(self.run(self.preprocess(images, max_pixels=max_pixels)), top_k)
-        return predictions[0] if single else predictions
+        if single:
+            return self.classify(self.run(self.preprocess(images, max_pixels=max_pixels)), top_k)[0]
+        size = max(self.batch.opt, 1)
+        chunks = [images[i:i + size] for i in range(0, len(images), size)]
+        workers = PIPELINE_WORKERS if workers is None else workers
+        if workers < 0:
+            raise InputError(f"workers must be 0 or more, not {workers}")
+        if workers == 0 or len(chunks) == 1:
+            return [p for chunk in chunks for p in self.classify(self.run(self.preprocess(chunk, max_pixels=max_pixels)),
+                                                                 top_k)]
+        return self._pipelined(chunks, top_k, max_pixels, workers)
+
+    def _pipelined(self, chunks: list, top_k: int, max_pixels: int | None, workers: int) -> list[Prediction]:
+        """Preprocess up to `workers` + 1 batches ahead (bounded memory) while inference runs."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        out: list[Prediction] = []
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="rexport-preprocess")
+        try:
+            todo = iter(chunks)
+            ahead = deque(pool.submit(self.preprocess, c, max_pixels=max_pixels)
+                          for c in (next(todo) for _ in range(min(workers + 1, len(chunks)))))
+            while ahead:
+                x = ahead.popleft().result()
+                following = next(todo, None)
+                if following is not None:
+                    ahead.append(pool.submit(self.preprocess, following, max_pixels=max_pixels))
+                out.extend(self.classify(self.run(x), top_k))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return out
 
     def classify(self, logits: np.ndarray, top_k: int = 5) -> list[Prediction]:
         if top_k < 1:
@@ -183,9 +220,8 @@ X86 = ("x86_64", "amd64", "i386", "i686")
 
 def choose_backend(path: Path, backend: str = "auto", providers="auto") -> str:
     """The backend for one model file. "auto": TensorRT for engines; for ONNX, ONNX Runtime when
-    it has a GPU provider (or providers other than the CPU are asked for), else OpenVINO on x86
-    CPUs where it is installed (faster than ONNX Runtime there: benchmarks/README.md), else ONNX
-    Runtime."""
+    ONNX Runtime providers are named or it has a GPU provider, else OpenVINO on x86 CPUs where it
+    is installed (faster than ONNX Runtime there: benchmarks/README.md), else ONNX Runtime."""
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     engine = path.suffix.lower() in (".engine", ".plan", ".trt")
@@ -199,9 +235,9 @@ def choose_backend(path: Path, backend: str = "auto", providers="auto") -> str:
     import importlib.util
     import platform
 
-    if providers not in ("auto", "cpu", "CPUExecutionProvider", ["cpu"], ("cpu",)):
+    if providers != "auto":  # ONNX Runtime's execution providers were named
         return "onnxruntime"
-    if providers == "auto" and importlib.util.find_spec("onnxruntime") is not None:
+    if importlib.util.find_spec("onnxruntime") is not None:
         from rexport.runtime.backends.onnxruntime import GPU_PROVIDERS, resolve_providers
 
         if any(p in GPU_PROVIDERS for p in resolve_providers("auto")):

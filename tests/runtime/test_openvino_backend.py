@@ -93,7 +93,8 @@ def test_auto_picks_by_the_stated_rule(variants, tmp_path, monkeypatch):
 
     onnx_file = variants["fp32"]
     assert choose_backend(tmp_path / "m.engine") == "tensorrt"
-    assert choose_backend(onnx_file, providers="cuda") == "onnxruntime"  # asked for ONNX Runtime's GPU
+    assert choose_backend(onnx_file, providers="cuda") == "onnxruntime"  # ONNX Runtime's providers named
+    assert choose_backend(onnx_file, providers="cpu") == "onnxruntime"
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     assert choose_backend(onnx_file) == ("openvino" if x86 else "onnxruntime")
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")  # Jetson, Raspberry Pi: ONNX Runtime

@@ -47,6 +47,36 @@ def test_every_input_kind_gives_the_same_prediction(demo_fp32, tmp_path, digits)
     assert len({(r.indices, r.probabilities) for r in results}) == 1
 
 
+def test_many_images_are_pipelined_in_order(demo_fp32, tmp_path, monkeypatch):
+    """predict() on many images preprocesses batches ahead in worker threads, with the same
+    answers, in the same order, as doing each step in turn; a bad file still fails in one line."""
+    test = data.split("test")
+    files = []
+    for i in range(50):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(test.images[i], "L").save(files[-1])
+    with load(demo_fp32) as model:
+        in_turn = model.predict(files, workers=0)
+        from rexport.runtime import predictor
+
+        where = []
+        original = predictor.Predictor.preprocess
+
+        def spy(self, images, **kwargs):
+            where.append((threading.current_thread().name, len(images)))
+            return original(self, images, **kwargs)
+
+        monkeypatch.setattr(predictor.Predictor, "preprocess", spy)
+        pipelined = model.predict(files)
+        assert [(p.indices, p.probabilities) for p in pipelined] == [(p.indices, p.probabilities) for p in in_turn]
+        assert [p.index for p in pipelined] == test.labels[:50].tolist()
+        assert sum(n for _, n in where) == 50 and len(where) == -(-50 // model.batch.opt)
+        assert all(name.startswith("rexport-preprocess") for name, _ in where)
+        (tmp_path / "broken.png").write_bytes(b"not a png")
+        with pytest.raises(InputError, match="broken.png"):
+            model.predict(files[:30] + [tmp_path / "broken.png"] + files[30:])
+
+
 def test_batches_beyond_the_maximum_are_split(demo_fp32):
     x = np.random.default_rng(0).standard_normal((75, 3, 32, 32)).astype(np.float32)
     with load(demo_fp32) as model:

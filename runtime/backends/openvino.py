@@ -63,11 +63,12 @@ class OpenVinoBackend(Backend):
         if len(read.inputs) != 1:
             raise InputError(f"expected a model with one image input, found {len(read.inputs)} inputs")
         self._metadata = _metadata(read)
+        static = ()
         if batch is None and "num_classes" in self._metadata:  # rexport's ONNX: its batch range
             from rexport.runtime.metadata import ModelInfo
 
             info = ModelInfo.from_props(self._metadata)
-            batch = (info.batch.min, info.batch.max)
+            batch, static = (info.batch.min, info.batch.max), (info.batch.min, info.batch.opt)
         if batch is not None and read.inputs[0].get_partial_shape()[0].is_dynamic:
             shape = read.inputs[0].get_partial_shape()
             shape[0] = ov.Dimension(int(batch[0]), int(batch[1]))
@@ -80,18 +81,47 @@ class OpenVinoBackend(Backend):
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(cache_dir)})
-        try:
-            self.compiled = core.compile_model(read, device, config)
-        except Exception as e:
-            raise RexportError(f"OpenVINO cannot compile {path} for {device}: {' '.join(str(e).split())[:300]}") from None
+        self._core, self._model, self._config, self._path = core, read, config, path
         self.device = device
         self.name = f"openvino {device}"
+        self._lock = threading.Lock()
+        self._compiled = {None: self._compile(None)}  # batch size -> compiled model; None: any in range
+        self._static = {int(n) for n in static if read.inputs[0].get_partial_shape()[0].is_dynamic}
         self._graph_io = _graph_io(read)
         self.input_name = self._graph_io[0][0].name
         self.output_name = self._graph_io[1][0].name
         self.input_shape = tuple(-1 if d is None else d for d in self._graph_io[0][0].shape)
         self.min_batch, self.max_batch = batch if batch is not None else (None, None)
         self._local = threading.local()
+
+    def _compile(self, size: int | None):
+        """The model compiled for one static batch size (faster in OpenVINO than a range), or for
+        the whole range (size None)."""
+        model = self._model
+        if size is not None:
+            model = model.clone()
+            shape = model.inputs[0].get_partial_shape()
+            shape[0] = size
+            model.reshape({model.inputs[0].get_any_name(): shape})
+        try:
+            return self._core.compile_model(model, self.device, self._config)
+        except Exception as e:
+            raise RexportError(f"OpenVINO cannot compile {self._path} for {self.device}: "
+                               f"{' '.join(str(e).split())[:300]}") from None
+
+    def _request(self, size: int):
+        """This thread's infer request for a batch of `size`: the static model for the sizes the
+        Predictor sends most (the range's minimum, one image, and its preferred size), compiled on
+        first use; the range model for the others."""
+        key = size if size in self._static else None
+        if key not in self._compiled:
+            with self._lock:
+                if key not in self._compiled:
+                    self._compiled[key] = self._compile(key)
+        requests = self._local.__dict__.setdefault("requests", {})
+        if key not in requests:
+            requests[key] = self._compiled[key].create_infer_request()
+        return requests[key]
 
     def graph_io(self) -> tuple[list[GraphIO], list[GraphIO]]:
         """The model's inputs and outputs, for ModelInfo.check_graph."""
@@ -104,9 +134,7 @@ class OpenVinoBackend(Backend):
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self.max_batch is not None and not self.min_batch <= len(x) <= self.max_batch:
             raise InputError(f"this model takes batches of {self.min_batch} to {self.max_batch}, got {len(x)}")
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
+        request = self._request(len(x))
         try:
             request.infer({0: x})
         except RuntimeError as e:
@@ -114,9 +142,14 @@ class OpenVinoBackend(Backend):
                              f"input ({' '.join(str(e).split())[:300]}); re-export it with `rexport onnx`") from None
         return np.array(request.get_output_tensor(0).data, copy=True)
 
+    @property
+    def compiled(self):
+        """The model compiled for the whole batch range."""
+        return self._compiled[None]
+
     def close(self) -> None:
         self._local = threading.local()
-        self.compiled = None
+        self._compiled = {}
 
 
 def _metadata(model) -> dict[str, str]:

@@ -53,6 +53,11 @@ def test_batch_range_threads_and_errors(variants, digits):
     assert (p.backend.min_batch, p.backend.max_batch) == (p.info.batch.min, p.info.batch.max)
     assert p.backend.compiled.get_property("INFERENCE_NUM_THREADS") == 1
     assert p.run(digits[:70]).shape == (70, 10)  # the Predictor splits what the range cannot take
+    opt = p.info.batch.opt
+    one, some = p.run(digits[:1]), p.run(digits[:opt])  # static models for 1 and the preferred size
+    assert sorted(k for k in p.backend._compiled if k is not None) == sorted({1, opt})
+    np.testing.assert_allclose(one, p.backend.compiled.create_infer_request().infer({0: digits[:1]})[0], atol=1e-5)
+    np.testing.assert_allclose(some[:1], one, atol=1e-5)
     with pytest.raises(InputError, match=f"batches of 1 to {p.info.batch.max}, got {p.info.batch.max + 1}"):
         p.backend.run(digits[:p.info.batch.max + 1])
     with pytest.raises(InputError, match="has shape 2x3x16x16"):

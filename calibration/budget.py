@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rexport.console import log, progress
-from rexport.errors import InputError
+from rexport.errors import field_error
 from rexport.runtime.compare import compare, topk_accuracy
 
 
@@ -37,9 +37,10 @@ class Budget:
 
     def __post_init__(self) -> None:
         if self.max_top1_drop is not None and self.max_top1_drop < 0:
-            raise InputError(f"--max-top1-drop must be >= 0 points, not {self.max_top1_drop}")
+            raise field_error(self, f"max_top1_drop must be >= 0 points, not {self.max_top1_drop}", "max_top1_drop")
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
-            raise InputError(f"--min-agreement must be a fraction between 0 and 1, not {self.min_agreement}")
+            raise field_error(self, f"min_agreement must be a fraction between 0 and 1, not {self.min_agreement}",
+                              "min_agreement")
 
     @property
     def active(self) -> bool:
@@ -125,8 +126,8 @@ def fit_budget(layers: list[str], evaluate: Callable[[frozenset[str]], np.ndarra
     """`evaluate(keep_float)` returns the INT8 model's logits with those layers in float; `macs`
     gives each layer's multiply-accumulates (missing: all cost the same)."""
     if budget.max_top1_drop is not None and labels is None:
-        raise InputError("--max-top1-drop needs labelled validation data; give class folders or an .npz with "
-                         "labels, or use --min-agreement")
+        raise field_error(budget, "max_top1_drop needs labelled validation data; give class folders or an .npz with "
+                          "labels, or use min_agreement", "max_top1_drop", "min_agreement")
     result = BudgetResult()
     all_int8 = evaluate(frozenset())
     current = score(all_int8, reference, labels)

@@ -159,9 +159,10 @@ def nonfinite_layers(model, inputs: np.ndarray, limit: int = 3) -> list[str]:
 
 
 def to_fp16(onnx_path: str | os.PathLike, output: str | os.PathLike, *, inputs: np.ndarray | None = None,
-            keep_fp32: tuple[str, ...] = (), overwrite: bool = False) -> Fp16Result:
+            keep_float: tuple[str, ...] = (), overwrite: bool = False) -> Fp16Result:
     """Convert an FP32 rexport ONNX to FP16. `inputs` (preprocessed samples) are used to find
-    layers beyond the FP16 range and to check the result; random inputs when None."""
+    layers beyond the FP16 range and to check the result; random inputs when None. `keep_float`:
+    nodes to keep in FP32."""
     start = time.monotonic()
     output = check_output(output, overwrite=overwrite, inputs=[onnx_path])
     model, info = read_model(onnx_path)
@@ -173,7 +174,7 @@ def to_fp16(onnx_path: str | os.PathLike, output: str | os.PathLike, *, inputs: 
     made_by = producers(model.graph)
     weights = initializers(model.graph)
     keep = {n.name: "numerically sensitive" for n in model.graph.node if n.op_type in SENSITIVE_OPS}
-    keep.update({n: "kept by request" for n in keep_fp32})
+    keep.update({n: "kept by request" for n in keep_float})
     for node in model.graph.node:  # weights FP16 cannot hold
         for i in node.input:
             peak = float(np.abs(weights[i]).max()) if i in weights and weights[i].size else 0.0
@@ -195,7 +196,7 @@ def to_fp16(onnx_path: str | os.PathLike, output: str | os.PathLike, *, inputs: 
     broken = nonfinite_layers(fp16, inputs)
     if broken:
         raise CheckFailed(f"the FP16 model produces NaN/Inf, first in {', '.join(broken)}; keep those layers "
-                          "in FP32 (--keep-fp32 NAME) or check the input normalisation")
+                          "in FP32 (keep_float) or check the input normalisation", fields=("to_fp16.keep_float",))
     with atomic_output(output, overwrite=overwrite, inputs=[onnx_path]) as tmp:
         onnx_module().save(fp16, str(tmp))
     return Fp16Result(output, info, keep, overflow, len(inputs), time.monotonic() - start)

@@ -35,7 +35,7 @@ from rexport.console import fmt_pct, log
 HOLDOUT = 256  # samples held out of the calibration data to score on, when no --val-data is given
 MIN_HOLDOUT_POOL = 64  # with fewer samples than this, score on the calibration data (and say so)
 AGREEMENT_FLOOR = 0.90  # below this top-1 agreement with FP32 the report warns
-from rexport.errors import CheckFailed, InputError
+from rexport.errors import CheckFailed, InputError, field_error
 from rexport.files import atomic_output, check_output
 from rexport.onnx_graph import onnx_module, producers
 from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -45,7 +45,8 @@ from rexport.runtime.preprocess import PreprocessOverrides
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    """Options of `rexport calibrate`; CLI flags map one to one onto these fields."""
+    """Options of `rexport calibrate`: its flags fill these fields (rexport/options.py). Errors name
+    the fields; the CLI says the flags."""
 
     data: str  # image folder, .npy/.npz, or demo[:train|:test]
     method: str = "entropy"
@@ -70,18 +71,20 @@ class QuantizeConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise InputError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
+            raise field_error(self, f"method must be one of {', '.join(METHODS)}, not {self.method!r}", "method")
         if self.target not in TARGETS:
-            raise InputError(f"--target must be trt (TensorRT: int8 symmetric) or cpu (ONNX Runtime: uint8), "
-                             f"not {self.target!r}")
+            raise field_error(self, f"target must be trt (TensorRT: int8 symmetric) or cpu (ONNX Runtime: uint8), "
+                              f"not {self.target!r}", "target")
         uses_reduce_range(self.target, self.reduce_range)  # refuses reduce_range for TensorRT
         if not 0 < self.percentile <= 100:
-            raise InputError(f"--percentile must be in (0, 100], not {self.percentile}")
+            raise field_error(self, f"percentile must be in (0, 100], not {self.percentile}", "percentile")
         unknown = [r for r in self.refine if r not in REFINEMENTS]
         if unknown:
-            raise InputError(f"--refine takes {', '.join(REFINEMENTS)}, all or none, not {unknown[0]!r}")
-        if self.samples < 1 or self.batch_size < 1:
-            raise InputError("--samples and the batch size must be at least 1")
+            raise field_error(self, f"refine takes {', '.join(REFINEMENTS)}, all or none, not {unknown[0]!r}",
+                              "refine")
+        for name in ("samples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise field_error(self, f"{name} must be at least 1, not {getattr(self, name)}", name)
 
 
 @dataclass

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import importlib
 
+# The torch.onnx exporters and the opsets each supports (torch-free, for the CLI's choices).
+# Opset 17 is read by TensorRT 8.6 through 11 and every current ONNX Runtime.
+DEFAULT_OPSET = 17
+EXPORTERS = {"torchscript": (13, 20), "dynamo": (18, 23)}
+
 _EXPORTS = {
     "build_model": "zoo", "list_models": "zoo", "get_arch": "zoo", "count_parameters": "zoo",
     "load_checkpoint": "checkpoint", "load_model": "checkpoint", "Checkpoint": "checkpoint",

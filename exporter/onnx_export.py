@@ -26,7 +26,8 @@ import torch
 
 from rexport import __version__
 from rexport.console import fmt_err, fmt_pct, log, table
-from rexport.errors import CheckFailed, InputError, RexportError, require
+from rexport.errors import CheckFailed, InputError, RexportError, field_error, require
+from rexport.exporter import DEFAULT_OPSET, EXPORTERS
 from rexport.exporter.checkpoint import Checkpoint, LoadedModel, load_model
 from rexport.files import atomic_output, check_output
 from rexport.onnx_graph import consumers, fold_constants, producers
@@ -34,9 +35,6 @@ from rexport.runtime.compare import Comparison, Tolerance, compare
 from rexport.runtime.metadata import BatchRange, ModelInfo
 from rexport.runtime.preprocess import Preprocess, PreprocessOverrides
 
-# Opset 17 is read by TensorRT 8.6 through 11 and every current ONNX Runtime.
-DEFAULT_OPSET = 17
-EXPORTERS = {"torchscript": (13, 20), "dynamo": (18, 23)}  # supported opset ranges
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -78,15 +76,17 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if self.exporter not in EXPORTERS:
-            raise InputError(f"exporter must be one of {', '.join(EXPORTERS)}, not {self.exporter!r}")
+            raise field_error(self, f"exporter must be one of {', '.join(EXPORTERS)}, not {self.exporter!r}",
+                              "exporter")
         lo, hi = EXPORTERS[self.exporter]
         if not isinstance(self.opset, int) or not lo <= self.opset <= hi:
-            raise InputError(f"opset {self.opset} is not supported by the {self.exporter} exporter; "
-                             f"choose {lo} to {hi} (default {DEFAULT_OPSET if self.exporter == 'torchscript' else lo})")
+            raise field_error(self, f"opset {self.opset} is not supported by the {self.exporter} exporter; choose "
+                              f"{lo} to {hi} (default {DEFAULT_OPSET if self.exporter == 'torchscript' else lo})",
+                              "opset")
         if self.input_size is not None:
             size = tuple(int(v) for v in self.input_size)
             if len(size) != 2 or min(size) < 8:
-                raise InputError(f"input size must be at least 8x8, not {self.input_size}")
+                raise field_error(self, f"input_size must be at least 8x8, not {self.input_size}", "input_size")
             object.__setattr__(self, "input_size", size)
         object.__setattr__(self, "batch", BatchRange.parse(self.batch))
 

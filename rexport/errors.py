@@ -10,9 +10,17 @@ from types import ModuleType
 
 
 class RexportError(Exception):
-    """Base class of every error rexport raises on purpose."""
+    """Base class of every error rexport raises on purpose.
+
+    `fields`: the API fields the message names, in the Python API's words (`method must be one of
+    ...`); each is "Owner.field" (the config class or function it belongs to) or a bare field name.
+    The CLI prints their flags instead (`--calib-method must be one of ...`, rexport/options.py)."""
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *, fields: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.fields = tuple(fields)
 
 
 class InputError(RexportError):
@@ -32,9 +40,23 @@ class CheckFailed(RexportError):
 
     exit_code = 3
 
-    def __init__(self, message: str, report: object = None):
-        super().__init__(message)
+    def __init__(self, message: str, report: object = None, *, fields: tuple[str, ...] = ()):
+        super().__init__(message, fields=fields)
         self.report = report
+
+
+def field_error(owner: object, message: str, *names: str) -> InputError:
+    """An InputError about fields of `owner` (a config dataclass, its class, or a function's name):
+    `message` names them as the Python API does ("fp16_flag goes with precision='fp16'"); the CLI
+    says their flags instead ("--fp16-flag goes with --fp16")."""
+    return InputError(message, fields=qualified(owner, *names))
+
+
+def qualified(owner: object, *names: str) -> tuple[str, ...]:
+    """("method",) of a QuantizeConfig -> ("QuantizeConfig.method",)."""
+    if not isinstance(owner, str):
+        owner = (owner if isinstance(owner, type) else type(owner)).__name__
+    return tuple(f"{owner}.{name}" for name in names)
 
 
 def require(module: str, extra: str, purpose: str = "") -> ModuleType:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from rexport.console import log, table
-from rexport.errors import InputError
+from rexport.errors import InputError, field_error
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,12 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise InputError(f"batch sizes must be >= 1, not {self.batch_sizes}")
+            raise field_error(self, f"batch_sizes must be >= 1, not {self.batch_sizes}", "batch_sizes")
         if self.iterations < 1 or self.warmup < 0 or self.threads < 1:
-            raise InputError("iterations and threads must be >= 1 and warmup >= 0")
+            raise field_error(self, "iterations and threads must be >= 1 and warmup >= 0", "iterations", "threads",
+                              "warmup")
         if self.duration is not None and self.duration <= 0:
-            raise InputError(f"duration must be positive seconds, not {self.duration}")
+            raise field_error(self, f"duration must be positive seconds, not {self.duration}", "duration")
 
 
 @dataclass

@@ -42,7 +42,7 @@ from rexport.console import fmt_err, fmt_pct, log, table
 from rexport.errors import CheckFailed, InputError
 from rexport.files import atomic_directory, atomic_output, check_output, check_output_dir, json_text, sha256_file
 from rexport.runtime.compare import Tolerance, compare
-from rexport.runtime.metadata import ModelInfo
+from rexport.runtime.metadata import PRECISIONS, ModelInfo
 
 MANIFEST = "rexport.json"
 FORMAT = "rexport-bundle"
@@ -770,7 +770,7 @@ def _fill(tmp: Path, described: list, base: ModelInfo, inputs: np.ndarray, refer
 
 def _default_model(entries: list[dict]) -> str:
     """The FP32 ONNX: it runs anywhere; precision variants are picked with load(model=...)."""
-    for want in ("fp32", "fp16", "int8", "mixed"):
+    for want in PRECISIONS:  # in order: fp32 first
         for e in entries:
             if e["precision"] == want and e["kind"] == "onnx":
                 return e["file"]

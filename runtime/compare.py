@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from rexport.errors import InputError
+from rexport.errors import InputError, field_error
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Tolerance:
 
     def __post_init__(self) -> None:
         if not (self.atol >= 0 and self.rtol >= 0):
-            raise InputError(f"tolerances must be >= 0, got atol={self.atol} rtol={self.rtol}")
+            raise field_error(self, f"tolerances must be >= 0, got atol={self.atol} rtol={self.rtol}", "atol", "rtol")
 
 
 @dataclass(frozen=True)

@@ -88,11 +88,13 @@ class EngineSidecar:
     def rebuild_here(self) -> str:
         """The rebuild command without what pins the engine elsewhere (--rtx, --compute-capability):
         run on the target machine, it builds for the TensorRT and the GPU there."""
+        from rexport.options import flag
+
         words = shlex.split(self.rebuild_command or "rexport trt MODEL.onnx")
-        if "--compute-capability" in words:
-            at = words.index("--compute-capability")
+        if flag("compute_capabilities") in words:
+            at = words.index(flag("compute_capabilities"))
             del words[at:at + 2]
-        return shlex.join(w for w in words if w != "--rtx")
+        return shlex.join(w for w in words if w != flag("rtx"))
 
     def check_compatible(self, engine: str | os.PathLike, trt_version: str | TrtVersion,
                          compute_capability: tuple[int, int], gpu_name: str = "") -> None:

@@ -55,7 +55,7 @@ class BatchRange:
             return cls(parts[0], max(parts[0], min(8, parts[1])), parts[1])
         if len(parts) == 3:
             return cls(*parts)
-        raise InputError(f"batch must be N, MIN:MAX or MIN:OPT:MAX (e.g. 1:8:32), not {text!r}")
+        raise InputError(f"batch must be N, MIN:MAX or MIN:OPT:MAX (e.g. 1:8:32), not {text!r}", fields=("batch",))
 
     def __str__(self) -> str:
         return str(self.min) if self.static else f"{self.min}:{self.opt}:{self.max}"

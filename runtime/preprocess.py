@@ -32,7 +32,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from rexport.errors import InputError
+from rexport.errors import InputError, qualified
 
 INTERPOLATIONS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 CHANNEL_ORDERS = {"RGB": 3, "BGR": 3, "L": 1}
@@ -161,10 +161,13 @@ class PreprocessOverrides:
         if "channels" in changes and changes["channels"] != base.channels and missing:
             if {changes["channels"], base.channels} != {"RGB", "BGR"}:
                 raise InputError(f"changing channels from {base.channels} to {changes['channels']} needs "
-                                 "--mean and --std for the new channels")
+                                 "mean and std for the new channels", fields=qualified(self, "mean", "std"))
             for key in missing:  # RGB <-> BGR: the recorded statistics, in the new order
                 changes[key] = getattr(base, key)[::-1]
-        return replace(base, **changes)
+        try:
+            return replace(base, **changes)
+        except InputError as e:  # about a value given here: name the fields, so the CLI names the flags
+            raise InputError(str(e), fields=qualified(self, *changes)) from None
 
 
 def _pil():

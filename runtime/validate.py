@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from rexport.console import fmt_err, fmt_pct, log, table
-from rexport.errors import InputError
+from rexport.errors import InputError, field_error
 from rexport.runtime.backends.base import Backend
 from rexport.runtime.compare import compare, topk_accuracy
 
@@ -28,9 +28,16 @@ class Gates:
 
     def __post_init__(self) -> None:
         if self.max_top1_drop is not None and self.max_top1_drop < 0:
-            raise InputError(f"--max-top1-drop must be >= 0 points, not {self.max_top1_drop}")
+            raise field_error(self, f"max_top1_drop must be >= 0 points, not {self.max_top1_drop}", "max_top1_drop")
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
-            raise InputError(f"--min-agreement must be between 0 and 1, not {self.min_agreement}")
+            raise field_error(self, f"min_agreement must be between 0 and 1, not {self.min_agreement}",
+                              "min_agreement")
+
+    def check_labels(self, labels) -> None:
+        """max_top1_drop compares accuracies: it needs labels."""
+        if self.max_top1_drop is not None and labels is None:
+            raise field_error(self, "max_top1_drop needs labelled data (class subfolders or an .npz with labels); "
+                              "use min_agreement for unlabelled data", "max_top1_drop", "min_agreement")
 
     def describe(self) -> str:
         parts = ([f"top-1 drop <= {self.max_top1_drop:g} points"] if self.max_top1_drop is not None else []) + \
@@ -107,9 +114,7 @@ def validate_outputs(reference: np.ndarray, candidates: dict[str, np.ndarray], l
                      timings: dict[str, float] | None = None, data: str = "the given inputs") -> ValidationReport:
     """Score candidate logits against reference logits; apply the gates."""
     timings = timings or {}
-    if gates.max_top1_drop is not None and labels is None:
-        raise InputError("--max-top1-drop needs labelled data (class subfolders or an .npz with labels); "
-                         "use --min-agreement for unlabelled data")
+    gates.check_labels(labels)
 
     def acc(x, k):
         return None if labels is None else topk_accuracy(x, labels, k)
@@ -199,8 +204,8 @@ def validate(models: list[str | os.PathLike], data: str | None = None, *, checkp
         if data is None:
             stored = next((p.bundle for p in predictors if p.bundle is not None), None)
             if stored is None:
-                raise InputError("give --data (images, .npy/.npz or demo); only a bundle carries its own "
-                                 "reference inputs")
+                raise field_error("validate", "give data (images, .npy/.npz or demo); only a bundle carries its "
+                                  "own reference inputs", "data")
             ref_arrays = stored.reference()
             inputs, labels = ref_arrays["inputs"], None
             what = f"the {len(inputs)} reference inputs of {stored.root.name}"
@@ -208,9 +213,7 @@ def validate(models: list[str | os.PathLike], data: str | None = None, *, checkp
             pre = preprocess.apply(base.preprocess) if preprocess else base.preprocess
             dataset = load_calibration_data(data, base, samples=samples, seed=seed, preprocess=pre)
             inputs, labels, what = dataset.inputs, dataset.labels, dataset.describe()
-        if gates.max_top1_drop is not None and labels is None:
-            raise InputError("--max-top1-drop needs labelled data (class subfolders or an .npz with labels); "
-                             "use --min-agreement for unlabelled data")
+        gates.check_labels(labels)
         outputs, timings = {}, {}
         for p in predictors:
             name = model_label(p.model_file, p.info.precision, p.backend.name)
@@ -229,8 +232,9 @@ def validate(models: list[str | os.PathLike], data: str | None = None, *, checkp
     else:
         ref_index = next((k for k, i in enumerate(infos) if i.precision == "fp32"), None)
         if ref_index is None:
-            raise InputError("no reference: include the FP32 ONNX among the models, give --checkpoint "
-                             "(the PyTorch model, needs torch), or validate a bundle without --data")
+            raise field_error("validate", "no reference: include the FP32 ONNX among the models, give checkpoint "
+                              "(the PyTorch model, needs torch), or validate a bundle without data", "checkpoint",
+                              "data")
         ref_name = list(outputs)[ref_index]
         reference = outputs[ref_name]
         candidates = {k: v for k, v in outputs.items() if k != ref_name}

@@ -64,9 +64,9 @@ def workdir(tmp_path, monkeypatch, demo_fp32):
 
 ONTO_AN_INPUT = [
     *[["fp16", "m.onnx", "-o", target] for target in ("m.onnx", "s.onnx", "h.onnx")],
-    *[["calibrate", "m.onnx", "--data", "demo", "-o", target] for target in ("m.onnx", "s.onnx", "h.onnx")],
-    ["calibrate", "m.onnx", "--data", "data.npy", "-o", "data.npy"],
-    ["calibrate", "m.onnx", "--data", "demo", "-o", "q.onnx", "--cache", "s.onnx"],
+    *[["calibrate", "m.onnx", "--calib-data", "demo", "-o", target] for target in ("m.onnx", "s.onnx", "h.onnx")],
+    ["calibrate", "m.onnx", "--calib-data", "data.npy", "-o", "data.npy"],
+    ["calibrate", "m.onnx", "--calib-data", "demo", "-o", "q.onnx", "--calib-cache", "s.onnx"],
     ["onnx", "w.safetensors", "--arch", "resnet20", "-o", "w.safetensors"],
     ["onnx", "w.safetensors", "--arch", "resnet20", "-o", "d.onnx", "--fp16", "--labels", "d.fp16.onnx"],
     ["bundle", "m.onnx", "-o", "m.tar.gz", "--archive"],
@@ -88,10 +88,12 @@ def test_no_output_replaces_an_input_even_with_force(workdir, args):
 
 @pytest.mark.parametrize("args, fragment", [
     (["bundle", "m.onnx", "-o", "."], "refusing to replace the directory .: it holds m.onnx"),
-    (["bundle", "m.onnx", "--data", "images", "-o", "images"], "refusing to replace the directory images: it is images"),
-    (["calibrate", "m.onnx", "--data", "demo", "-o", "q.cache"], "q.cache (the output) and q.cache (the calibration "
-                                                                 "cache) would overwrite each other"),
-    (["calibrate", "m.onnx", "--data", "demo", "-o", "b/q.onnx", "--bundle", "b"], "(the bundle) would overwrite"),
+    (["bundle", "m.onnx", "--val-data", "images", "-o", "images"],
+     "refusing to replace the directory images: it is images"),
+    (["calibrate", "m.onnx", "--calib-data", "demo", "-o", "q.cache"],
+     "q.cache (the output) and q.cache (the calibration cache) would overwrite each other"),
+    (["calibrate", "m.onnx", "--calib-data", "demo", "-o", "b/q.onnx", "--bundle", "b"],
+     "(the bundle) would overwrite"),
     (["onnx", "w.safetensors", "--arch", "resnet20", "-o", "x.onnx", "--int8", "--calib-data", "demo",
       "--bundle", "x.int8.onnx"], "would overwrite each other"),
     (["trt", "m.onnx", "--json", "m.engine"], "refusing to write m.engine"),  # the default engine name
@@ -164,7 +166,8 @@ def rexport(args, cwd, *, env=None, preexec_fn=None, driver=None, **popen):
 
 @pytest.mark.parametrize("args", [
     ["fp16", "m.onnx", "-o", "out.onnx"],
-    ["calibrate", "m.onnx", "--data", "demo", "--samples", "16", "--refine", "none", "-o", "out.onnx"],
+    ["calibrate", "m.onnx", "--calib-data", "demo", "--calib-samples", "16", "--calib-refine", "none",
+     "-o", "out.onnx"],
     ["bundle", "m.onnx", "-o", "out"],
     ["bundle", "m.onnx", "-o", "out", "--archive"],  # staged in the system's temporary folder
 ], ids=lambda a: " ".join(a[:1] + a[-2:]))
@@ -199,8 +202,9 @@ main()
 
 
 @pytest.mark.parametrize("args, sig", [
-    (["calibrate", "m.onnx", "--data", "demo", "--samples", "16", "--refine", "none", "-o", "q.onnx"], "SIGTERM"),
-    (["bundle", "m.onnx", "--data", "demo", "--samples", "4", "-o", "b"], "SIGHUP"),
+    (["calibrate", "m.onnx", "--calib-data", "demo", "--calib-samples", "16", "--calib-refine", "none",
+      "-o", "q.onnx"], "SIGTERM"),
+    (["bundle", "m.onnx", "--val-data", "demo", "--val-samples", "4", "-o", "b"], "SIGHUP"),
     (["fp16", "m.onnx", "-o", "h.onnx"], "SIGINT"),
 ], ids=lambda a: a if isinstance(a, str) else a[0])
 def test_signals_remove_unfinished_outputs(tmp_path, demo_fp32, args, sig):

@@ -25,7 +25,7 @@ def test_doctor_names_each_package_of_a_mixed_install(monkeypatch):
     assert result.exit_code == 0 and f"rexport {rexport.__version__} from {ROOT}" in " ".join(result.output.split())
     mixed = {**rexport.package_sources(), "rexport.runtime": "/elsewhere/checkout"}
     monkeypatch.setattr(rexport, "package_sources", lambda: mixed)
-    result = CliRunner().invoke(cli, ["doctor", "--json"])
+    result = CliRunner().invoke(cli, ["doctor", "--json", "-"])
     import json
 
     check = json.loads(result.output)["rexport"]

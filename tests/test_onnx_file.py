@@ -154,7 +154,7 @@ def test_cli_empty_onnx_is_one_line(run_cli, tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"")
     for command in ("fp16", "predict", "calibrate"):
         args = {"fp16": ["fp16", "m.onnx"], "predict": ["predict", "m.onnx", "x.png"],
-                "calibrate": ["calibrate", "m.onnx", "--data", "demo"]}[command]
+                "calibrate": ["calibrate", "m.onnx", "--calib-data", "demo"]}[command]
         assert_clean_error(run_cli(*args), "m.onnx is empty")
 
 
@@ -244,7 +244,7 @@ def test_cli_metadata_mismatch_is_one_line_in_every_command(run_cli, tmp_path, t
     path = with_info(tiny_model, tmp_path / "lying.onnx", num_classes=10)
     data = write_tiny_dataset(tmp_path / "d.npz", tiny_model, count=16)
     for args in (["predict", path, Path(__file__).parent / "data" / "flower.jpg"], ["fp16", path],
-                 ["calibrate", path, "--data", data], ["validate", path, "--data", data], ["bench", path],
+                 ["calibrate", path, "--calib-data", data], ["validate", path, "--val-data", data], ["bench", path],
                  ["inspect", path]):
         assert_clean_error(run_cli(*args), "10 classes but the graph outputs 5 logits")
 

@@ -195,7 +195,7 @@ def build_engine(source: str | os.PathLike, output: str | os.PathLike | None = N
         here = "there is no GPU here" if targets.gpu is None else (
             f"this GPU ({targets.gpu.compute_capability_str}) is not one of its targets")
         notes.append(f"not validated: {here}; check it on the device with `rexport validate {output.name} "
-                     "--data DIR` (or `rexport selftest BUNDLE`)")
+                     "--val-data DIR` (or `rexport selftest BUNDLE`)")
     if validate and reference is None:
         notes.append(f"{onnx_path.name} is {source.precision}: validated against ONNX Runtime on the same file; "
                      "pass --reference MODEL.onnx (the FP32 export) to compare with FP32")
@@ -227,7 +227,7 @@ def build_engine(source: str | os.PathLike, output: str | os.PathLike | None = N
             source_onnx={"path": onnx_path.name, "sha256": source.sha256, "precision": source.precision},
             built_from={"sha256": built_from.sha256, "precision": built_from.precision, "how": plan.describe()},
             build_options=recorded.to_dict(), model=info,
-            rebuild_command=shlex.join(["rexport", "trt", onnx_path.name, "-o", output.name, *recorded.cli_args()]))
+            rebuild_command=rebuild_command(onnx_path, output, recorded))
 
         with atomic_output(output, overwrite=config.overwrite) as engine_tmp, \
                 atomic_output(side, overwrite=config.overwrite) as side_tmp:
@@ -252,6 +252,15 @@ def build_engine(source: str | os.PathLike, output: str | os.PathLike | None = N
         notes.append(f"added {output.name} to the bundle {bundle_dir} (load it with model=\"engine\")")
     return BuildResult(output, side, sidecar, plan, report, time.monotonic() - start, built.seconds,
                        timing_cache, calibration_cache, notes)
+
+
+def rebuild_command(onnx_path: Path, output: Path, config: BuildConfig) -> str:
+    """The `rexport trt` command that rebuilds this engine, its flags from the one options table
+    (defaults, --no-validate and --force left out)."""
+    from rexport.options import command_line
+
+    words = command_line(config, skip=("validate", "overwrite"))
+    return shlex.join(["rexport", "trt", onnx_path.name, "-o", output.name, *words])
 
 
 @dataclass

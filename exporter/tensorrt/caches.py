@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from rexport.console import log
-from rexport.errors import InputError
+from rexport.errors import InputError, field_error
 from rexport.exporter.tensorrt.config import BuildConfig
 from rexport.files import atomic_output
 from rexport.runtime import cuda
@@ -27,7 +27,8 @@ class TimingCache:
         self.notes: list[str] = []
         for other in config.merge_timing_caches:
             if not Path(other).is_file():
-                raise InputError(f"timing cache {other} (--merge-timing-cache) does not exist")
+                raise field_error(config, f"timing cache {other} (merge_timing_caches) does not exist",
+                                  "merge_timing_caches")
         if self.path is None and not config.merge_timing_caches:
             self.cache = None
             return
@@ -121,7 +122,8 @@ def legacy_calibrator(compat: TensorRT, builder: Any, builder_config: Any, confi
     inputs = None
     if cache is None:
         if config.calib_data is None:
-            raise InputError(f"calibration cache {config.calib_cache} does not exist; pass --calib-data DIR to make it")
+            raise field_error(config, f"calibration cache {config.calib_cache} does not exist; give calib_data to "
+                              "make it", "calib_data")
         if info is None:
             raise InputError("the ONNX has no rexport metadata, so calibration images cannot be preprocessed; "
                              "export it with `rexport onnx`")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rexport.errors import InputError
+from rexport.errors import InputError, field_error
 from rexport.runtime.metadata import BatchRange
 from rexport.runtime.trt_compat import (CALIBRATION_METHODS, FLAVOURS, HARDWARE_COMPATIBILITY,
                                         format_compute_capability, parse_compute_capability)
 
 Shapes = dict[str, tuple[int, ...]]
+SHAPES = ("min_shapes", "opt_shapes", "max_shapes")  # the BuildConfig fields of an explicit profile
 PRECISIONS = ("fp16", "int8")  # what --fp16 / --int8 ask for; None builds the ONNX as it is
 _SIZE_UNITS = {"": 2**20, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
 
@@ -20,8 +21,9 @@ _SIZE_UNITS = {"": 2**20, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**
 DEFAULT_AGREEMENT = {"fp32": 0.99, "fp16": 0.99, "int8": 0.95, "mixed": 0.95}
 
 
-def parse_shapes(text: str | Shapes | None, flag: str = "--min-shapes") -> Shapes | None:
-    """trtexec style: "input:1x3x224x224" or "a:1x3x8x8,b:1x10" -> {"input": (1, 3, 224, 224)}."""
+def parse_shapes(text: str | Shapes | None, field: str = "min_shapes") -> Shapes | None:
+    """trtexec style: "input:1x3x224x224" or "a:1x3x8x8,b:1x10" -> {"input": (1, 3, 224, 224)}.
+    `field`: the BuildConfig field it fills, for the errors."""
     if text is None or isinstance(text, dict):
         return None if text is None else {str(k): tuple(int(d) for d in v) for k, v in text.items()}
     shapes: Shapes = {}
@@ -32,10 +34,11 @@ def parse_shapes(text: str | Shapes | None, flag: str = "--min-shapes") -> Shape
         except ValueError:
             shape = ()
         if not sep or not name or not shape or min(shape) < 1:
-            raise InputError(f"{flag} takes NAME:DxDxD... (e.g. input:1x3x224x224), not {item!r}")
+            raise field_error(BuildConfig, f"{field} takes NAME:DxDxD... (e.g. input:1x3x224x224), not {item!r}",
+                              field)
         shapes[name.strip("'\"")] = shape
     if not shapes:
-        raise InputError(f"{flag} is empty; give NAME:DxDxD... (e.g. input:1x3x224x224)")
+        raise field_error(BuildConfig, f"{field} is empty; give NAME:DxDxD... (e.g. input:1x3x224x224)", field)
     return shapes
 
 
@@ -45,7 +48,8 @@ def parse_bytes(text: str | int | None) -> int | None:
         return text
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise InputError(f"size must be a number of MiB or carry a unit (512M, 2G), not {text!r}")
+        raise field_error(BuildConfig, f"workspace must be a number of MiB or carry a unit (512M, 2G), not {text!r}",
+                          "workspace")
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
@@ -56,7 +60,7 @@ def parse_compute_capabilities(text: str | tuple | list | None) -> tuple[str, ..
     items = str(text).split(",") if isinstance(text, str) else [str(t) for t in text]
     ccs = {parse_compute_capability(t) for t in (i.strip() for i in items) if t}
     if isinstance(text, str) and not ccs:
-        raise InputError("--compute-capability is empty; give e.g. 8.6,8.9,12.0")
+        raise field_error(BuildConfig, "compute_capabilities is empty; give e.g. 8.6,8.9,12.0", "compute_capabilities")
     return tuple(format_compute_capability(cc) for cc in sorted(ccs))
 
 
@@ -66,7 +70,8 @@ def format_shape(shape) -> str:
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """Options of `rexport trt`; the CLI flags map one to one onto these fields."""
+    """Options of `rexport trt`: its flags fill these fields (rexport/options.py). Errors name the
+    fields; the CLI says the flags."""
 
     precision: str | None = None  # None: as the ONNX is; "fp16"; "int8"
     flavour: str | None = None  # "tensorrt", "rtx" (TensorRT for RTX, --rtx); None: whichever is installed
@@ -102,59 +107,49 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         if self.precision is not None and self.precision not in PRECISIONS:
-            raise InputError(f"precision must be fp16 or int8 (or left out to build the ONNX as it is), "
-                             f"not {self.precision!r}")
+            raise self._error(f"precision must be fp16 or int8 (or left out to build the ONNX as it is), "
+                              f"not {self.precision!r}")
         if self.flavour is not None and self.flavour not in FLAVOURS:
-            raise InputError(f"flavour must be one of {', '.join(FLAVOURS)} (or left out), not {self.flavour!r}")
+            raise self._error(f"flavour must be one of {', '.join(FLAVOURS)} (or left out), not {self.flavour!r}")
         object.__setattr__(self, "compute_capabilities", parse_compute_capabilities(self.compute_capabilities))
         if self.fp16_flag and self.precision != "fp16":
-            raise InputError("--fp16-flag goes with --fp16")
+            raise self._error("fp16_flag goes with precision='fp16'", "fp16_flag", "precision")
         if self.legacy_calibrator and self.precision != "int8":
-            raise InputError("--legacy-calibrator goes with --int8")
+            raise self._error("legacy_calibrator goes with precision='int8'", "legacy_calibrator", "precision")
         if self.legacy_calibrator and self.calib_data is None and self.calib_cache is None:
-            raise InputError("--legacy-calibrator needs --calib-data DIR (or an existing --calib-cache FILE)")
-        if self.calib_method not in ("entropy", "minmax", "percentile", "mse"):
-            raise InputError(f"--calib-method must be entropy, minmax, percentile or mse, not {self.calib_method!r}")
+            raise self._error("legacy_calibrator needs calib_data (or an existing calib_cache)", "legacy_calibrator",
+                              "calib_data", "calib_cache")
+        from rexport.calibration.observers import METHODS
+
+        if self.calib_method not in METHODS:
+            raise self._error(f"calib_method must be one of {', '.join(METHODS)}, not {self.calib_method!r}",
+                              "calib_method")
         if self.legacy_calibrator and self.calib_method not in CALIBRATION_METHODS:
-            raise InputError(f"the legacy calibrator takes --calib-method {' or '.join(CALIBRATION_METHODS)}, "
-                             f"not {self.calib_method!r}")
+            raise self._error(f"the legacy calibrator takes calib_method {' or '.join(CALIBRATION_METHODS)}, "
+                              f"not {self.calib_method!r}", "calib_method")
         from rexport.calibration.refine import REFINEMENTS, parse_refinements
 
         refine = parse_refinements(self.calib_refine)  # checks the names
         object.__setattr__(self, "calib_refine", "all" if refine == REFINEMENTS else ",".join(refine) or "none")
         for name in ("calib_samples", "val_samples"):
             if int(getattr(self, name)) < 1:
-                raise InputError(f"{name.replace('_', '-')} must be >= 1, not {getattr(self, name)}")
+                raise self._error(f"{name} must be >= 1, not {getattr(self, name)}", name)
         if self.batch is not None:
             object.__setattr__(self, "batch", BatchRange.parse(self.batch))
-        shapes = [parse_shapes(getattr(self, f"{k}_shapes"), f"--{k}-shapes") for k in ("min", "opt", "max")]
-        for key, value in zip(("min", "opt", "max"), shapes):
-            object.__setattr__(self, f"{key}_shapes", value)
-        if any(s is not None for s in shapes):
-            if any(s is None for s in shapes):
-                raise InputError("give --min-shapes, --opt-shapes and --max-shapes together")
-            if self.batch is not None:
-                raise InputError("give either --batch or --min/opt/max-shapes, not both")
-            if not set(shapes[0]) == set(shapes[1]) == set(shapes[2]):
-                raise InputError("--min-shapes, --opt-shapes and --max-shapes must name the same inputs")
-            for name in shapes[0]:
-                lo, opt, hi = (s[name] for s in shapes)
-                if not len(lo) == len(opt) == len(hi) or any(not a <= b <= c for a, b, c in zip(lo, opt, hi)):
-                    raise InputError(f"shapes of {name} must have the same rank and satisfy min <= opt <= max in "
-                                     f"every dimension, got {format_shape(lo)}, {format_shape(opt)}, "
-                                     f"{format_shape(hi)}")
+        self._check_shapes()
         object.__setattr__(self, "workspace", parse_bytes(self.workspace))
         if self.workspace is not None and self.workspace < 1:
-            raise InputError(f"workspace must be positive, not {self.workspace}")
+            raise self._error(f"workspace must be positive, not {self.workspace}", "workspace")
         if self.optimization_level is not None and not 0 <= int(self.optimization_level) <= 5:
-            raise InputError(f"--opt-level must be 0 to 5 (TensorRT's default is 3), not {self.optimization_level}")
+            raise self._error(f"optimization_level must be 0 to 5 (TensorRT's default is 3), "
+                              f"not {self.optimization_level}", "optimization_level")
         level = str(self.hardware_compatibility).lower().replace("-", "_")
         if level not in HARDWARE_COMPATIBILITY:
-            raise InputError(f"--hardware-compat must be one of {', '.join(HARDWARE_COMPATIBILITY)}, "
-                             f"not {self.hardware_compatibility!r}")
+            raise self._error(f"hardware_compatibility must be one of {', '.join(HARDWARE_COMPATIBILITY)}, "
+                              f"not {self.hardware_compatibility!r}", "hardware_compatibility")
         object.__setattr__(self, "hardware_compatibility", level)
         if self.dla_core is not None and int(self.dla_core) < 0:
-            raise InputError(f"--dla-core must be >= 0, not {self.dla_core}")
+            raise self._error(f"dla_core must be >= 0, not {self.dla_core}", "dla_core")
         object.__setattr__(self, "merge_timing_caches", tuple(str(p) for p in self.merge_timing_caches))
 
     def to_dict(self) -> dict:
@@ -167,40 +162,26 @@ class BuildConfig:
         del d["overwrite"]
         return d
 
-    def cli_args(self) -> list[str]:
-        """The `rexport trt` flags that rebuild this engine (defaults and --no-validate left out)."""
-        args: list[str] = []
-        if self.precision:
-            args.append(f"--{self.precision}")
-        if self.flavour == "rtx":
-            args.append("--rtx")
-        default = BuildConfig()
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if (f.name in ("precision", "flavour", "overwrite", "validate", "gpu_fallback")
-                    or value == getattr(default, f.name)):
-                continue
-            flag = "--" + _CLI_NAMES.get(f.name, f.name.replace("_", "-"))
-            if isinstance(value, bool):
-                args.append(flag)
-            elif f.name.endswith("_shapes"):
-                args += [flag, ",".join(f"{k}:{format_shape(v)}" for k, v in value.items())]
-            elif f.name == "merge_timing_caches":
-                for path in value:
-                    args += [flag, path]
-            elif f.name == "compute_capabilities":
-                args += [flag, ",".join(value)]
-            elif f.name == "workspace":
-                args += [flag, f"{value // 2**20}" if value % 2**20 == 0 else f"{value}B"]
-            else:
-                args += [flag, str(value)]
-        if not self.gpu_fallback:
-            args.append("--no-gpu-fallback")
-        return args
+    def _error(self, message: str, *fields: str) -> InputError:
+        return field_error(self, message, *fields)
 
-
-_CLI_NAMES = {"merge_timing_caches": "merge-timing-cache", "optimization_level": "opt-level",
-              "hardware_compatibility": "hardware-compat", "compute_capabilities": "compute-capability"}
+    def _check_shapes(self) -> None:
+        shapes = [parse_shapes(getattr(self, name), name) for name in SHAPES]
+        for name, value in zip(SHAPES, shapes):
+            object.__setattr__(self, name, value)
+        if all(s is None for s in shapes):
+            return
+        if any(s is None for s in shapes):
+            raise self._error("give min_shapes, opt_shapes and max_shapes together", *SHAPES)
+        if self.batch is not None:
+            raise self._error("give either batch or min_shapes/opt_shapes/max_shapes, not both", "batch", *SHAPES)
+        if not set(shapes[0]) == set(shapes[1]) == set(shapes[2]):
+            raise self._error("min_shapes, opt_shapes and max_shapes must name the same inputs", *SHAPES)
+        for name in shapes[0]:
+            lo, opt, hi = (s[name] for s in shapes)
+            if not len(lo) == len(opt) == len(hi) or any(not a <= b <= c for a, b, c in zip(lo, opt, hi)):
+                raise InputError(f"shapes of {name} must have the same rank and satisfy min <= opt <= max in "
+                                 f"every dimension, got {format_shape(lo)}, {format_shape(opt)}, {format_shape(hi)}")
 
 
 def default_engine_name(onnx_path: str | os.PathLike, precision: str | None = None) -> str:

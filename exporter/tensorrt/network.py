@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rexport.errors import InputError
-from rexport.exporter.tensorrt.config import BuildConfig, Shapes, format_shape
+from rexport.errors import InputError, field_error
+from rexport.exporter.tensorrt.config import SHAPES, BuildConfig, Shapes, format_shape
 from rexport.runtime.metadata import BatchRange, ModelInfo
 
 
@@ -42,14 +42,14 @@ def profile_shapes(inputs: Shapes, config: BuildConfig, info: ModelInfo | None) 
     if config.min_shapes is not None:
         unknown = sorted(set(config.min_shapes) - set(inputs))
         if unknown:
-            raise InputError(f"--min-shapes names {', '.join(unknown)} but the network's inputs are "
-                             f"{', '.join(inputs)}")
+            raise field_error(config, f"min_shapes names {', '.join(unknown)} but the network's inputs are "
+                              f"{', '.join(inputs)}", "min_shapes")
         out = {}
         for name, dims in inputs.items():
             if name not in config.min_shapes:
                 if any(d < 0 for d in dims):
-                    raise InputError(f"input {name} has dynamic dimensions ({format_shape(dims)}); give its shape in "
-                                     "--min-shapes, --opt-shapes and --max-shapes")
+                    raise field_error(config, f"input {name} has dynamic dimensions ({format_shape(dims)}); give its "
+                                      "shape in min_shapes, opt_shapes and max_shapes", *SHAPES)
                 out[name] = (dims, dims, dims)
                 continue
             trio = tuple(s[name] for s in (config.min_shapes, config.opt_shapes, config.max_shapes))
@@ -63,8 +63,8 @@ def profile_shapes(inputs: Shapes, config: BuildConfig, info: ModelInfo | None) 
     out = {}
     for name, dims in inputs.items():
         if any(d < 0 for d in dims[1:]):
-            raise InputError(f"input {name} ({format_shape(dims)}) has dynamic dimensions besides the batch; give "
-                             "--min-shapes, --opt-shapes and --max-shapes")
+            raise field_error(config, f"input {name} ({format_shape(dims)}) has dynamic dimensions besides the "
+                              "batch; give min_shapes, opt_shapes and max_shapes", *SHAPES)
         if dims and dims[0] < 0:
             rest = tuple(dims[1:])
             out[name] = ((batch.min, *rest), (batch.opt, *rest), (batch.max, *rest))

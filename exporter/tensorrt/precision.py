@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rexport.console import log
-from rexport.errors import InputError, require
+from rexport.errors import InputError, field_error, require
 from rexport.exporter.tensorrt.config import BuildConfig
 from rexport.files import sha256_file
 from rexport.onnx_file import check_external_data, check_finite, check_model_path, graph_io, parse_onnx
@@ -68,17 +68,20 @@ def plan_precision(source: OnnxSummary, config: BuildConfig, compat: TensorRT) -
     name, src, want = source.path.name, source.precision, config.precision
     if want == "fp16":
         if src in ("int8", "mixed"):
-            raise InputError(f"{name} is already {src} (Q/DQ); --fp16 needs an FP32 or FP16 ONNX")
+            raise field_error(config, f"{name} is already {src} (Q/DQ); precision='fp16' needs an FP32 or FP16 ONNX",
+                              "precision")
         how = "as given" if src == "fp16" else "BuilderFlag.FP16" if config.fp16_flag else "to_fp16"
         if config.fp16_flag and how != "BuilderFlag.FP16":
-            raise InputError(f"--fp16-flag builds an FP32 ONNX with TensorRT's FP16 flag; {name} is already FP16")
+            raise field_error(config, f"fp16_flag builds an FP32 ONNX with TensorRT's FP16 flag; {name} is already "
+                              "FP16", "fp16_flag")
         precision = "fp16"
     elif want == "int8":
         if src == "fp16":
             raise InputError(f"{name} is FP16; calibrate INT8 from the FP32 ONNX instead")
         how = "as given" if src in ("int8", "mixed") else "legacy calibrator" if config.legacy_calibrator else "quantize"
         if config.legacy_calibrator and how != "legacy calibrator":
-            raise InputError(f"--legacy-calibrator calibrates an FP32 ONNX; {name} is already {src}")
+            raise field_error(config, f"legacy_calibrator calibrates an FP32 ONNX; {name} is already {src}",
+                              "legacy_calibrator")
         precision = src if how == "as given" else "int8"
     else:
         how, precision = "as given", src
@@ -120,8 +123,8 @@ def prepare_onnx(source: OnnxSummary, plan: PrecisionPlan, config: BuildConfig, 
         from rexport.calibration.refine import parse_refinements
 
         if config.calib_data is None:
-            raise InputError("--int8 needs calibration data to make a Q/DQ ONNX: pass --calib-data DIR "
-                             "(or give an INT8 ONNX made by rexport)")
+            raise field_error(config, "precision='int8' needs calibration data to make a Q/DQ ONNX: give calib_data "
+                              "(or an INT8 ONNX made by rexport)", "precision", "calib_data")
         log.info("calibrating %s to INT8 Q/DQ (%s, %d samples)...", source.path.name, config.calib_method,
                  config.calib_samples)
         result = quantize(source.path, work / f"{stem}.int8.onnx",

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from rexport.console import log
-from rexport.errors import InputError
+from rexport.errors import field_error
 from rexport.exporter.tensorrt.config import DEFAULT_AGREEMENT, BuildConfig
 from rexport.runtime.engine_sidecar import EngineSidecar
 from rexport.runtime.metadata import ModelInfo
@@ -17,14 +17,14 @@ from rexport.runtime.metadata import ModelInfo
 
 def validation_inputs(config: BuildConfig, info: ModelInfo | None, shape: tuple[int, ...],
                       count: int) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Inputs for validation: --val-data (else --calib-data) through load_calibration_data, else random."""
+    """Inputs for validation: val_data (else calib_data) through load_calibration_data, else random."""
     source = config.val_data or config.calib_data
     if source is None:
         rng = np.random.default_rng(config.seed)
         return rng.standard_normal((count, *shape), dtype=np.float32), None, "random inputs"
     if info is None:
-        raise InputError(f"{source} cannot be preprocessed without the model's rexport metadata; leave out "
-                         "--val-data to validate on random inputs")
+        raise field_error(config, f"{source} cannot be preprocessed without the model's rexport metadata; leave "
+                          "out val_data to validate on random inputs", "val_data")
     from rexport.calibration.data import load_calibration_data
 
     data = load_calibration_data(source, info, samples=count, seed=config.seed)
@@ -40,8 +40,8 @@ def validate_engine(engine: Path, sidecar: EngineSidecar, reference: Path, inter
     with TensorRTBackend(engine, sidecar=sidecar, runtime_cache=False) as trt_backend:  # engine: a temporary name
         inputs, labels, what = validation_inputs(config, info, trt_backend.profile[1][1:], config.val_samples)
         if len(inputs) < trt_backend.min_batch:
-            raise InputError(f"only {len(inputs)} validation samples for an engine whose min batch is "
-                             f"{trt_backend.min_batch}; give more --val-samples or data")
+            raise field_error(config, f"only {len(inputs)} validation samples for an engine whose min batch is "
+                              f"{trt_backend.min_batch}; give more val_samples or data", "val_samples")
         if labels is not None:
             labels = np.asarray(labels)[:len(inputs)]
         log.info("validating the engine against ONNX Runtime (CPU) on %d %s...", len(inputs), what)

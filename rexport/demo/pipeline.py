@@ -69,6 +69,7 @@ def _check_output_dir(out: Path) -> None:
 
 def run_demo(output: str | Path = "rexport-demo") -> DemoResult:
     from rexport.calibration import QuantizeConfig, load_calibration_data, quantize, to_fp16
+    from rexport.calibration.qdq import TARGETS
     from rexport.exporter import ExportConfig, ParityConfig, export_onnx, load_model
     from rexport.runtime import load
     from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -93,7 +94,7 @@ def run_demo(output: str | Path = "rexport-demo") -> DemoResult:
         fp16 = to_fp16(fp32, tmp / "resnet20_digits.fp16.onnx", inputs=train.inputs[:64])
         int8 = [quantize(fp32, tmp / f"resnet20_digits.int8-{target}.onnx",
                          QuantizeConfig(data="demo:train", val_data="demo:test", method="entropy", target=target))
-                for target in ("trt", "cpu")]
+                for target in TARGETS]
         sections.append(("FP16 and calibrated INT8", "\n".join([fp16.format(), *(q.format() for q in int8)])))
 
         log.info("scoring every form on the held-out images...")

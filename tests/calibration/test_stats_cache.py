@@ -62,7 +62,7 @@ def test_calibrate_survives_a_truncated_cache_entry(run_cli, tmp_path, demo_fp32
     import os
 
     env = {**os.environ, "REXPORT_CACHE_DIR": str(tmp_path / "cache")}
-    args = ["calibrate", demo_fp32, "--data", "demo", "--samples", "16", "--refine", "none", "--force"]
+    args = ["calibrate", demo_fp32, "--calib-data", "demo", "--calib-samples", "16", "--calib-refine", "none", "--force"]
     assert run_cli(*args, "-o", "a.onnx", env=env).exit_code == 0
     [entry] = (tmp_path / "cache" / "calibration").glob("*.npz")
     entry.write_bytes(entry.read_bytes()[:1000])

@@ -219,7 +219,7 @@ def test_cli_parity_failure_exits_3_and_writes_nothing(run_cli, tmp_path, checkp
     (["{ckpt}", "--arch", "resnet20", "--labels", "{labels}"], "3 labels given for a model with 10 classes"),
     (["{ckpt}", "--arch", "resnet20", "--key-map", "nonsense"], "OLD=NEW"),
     (["{ckpt}", "--arch", "resnet20", "--mean", "a,b,c"], "--mean"),
-    (["{ckpt}", "--arch", "resnet20", "--mean", "0.5", "--std", "0.5"], "3 mean"),
+    (["{ckpt}", "--arch", "resnet20", "--mean", "0.5", "--std", "0.5"], "needs 3 --mean and 3 --std values"),
     (["{ckpt}", "--arch", "resnet20", "--images", "{file}"], ""),
 ])
 def test_cli_bad_input_is_one_line_and_leaves_nothing(run_cli, tmp_path, checkpoint, args, fragment):

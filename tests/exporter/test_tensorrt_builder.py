@@ -191,7 +191,7 @@ def test_qdq_onnx_as_given_is_strongly_typed_without_flags(tmp_path, trt, tiny, 
 @pytest.mark.parametrize("variant, options, message", [
     ("int8", {"precision": "fp16"}, "already int8"),
     ("fp16", {"precision": "int8", "calib_data": "x"}, "is FP16; calibrate INT8 from the FP32 ONNX"),
-    ("fp32", {"precision": "int8"}, "--int8 needs calibration data"),
+    ("fp32", {"precision": "int8"}, "precision='int8' needs calibration data"),
 ])
 def test_precision_requests_that_do_not_fit_the_onnx(tmp_path, trt, tiny, pipeline, variant, options, message):
     with pytest.raises(InputError, match=message):
@@ -219,7 +219,7 @@ def test_profile_from_trtexec_style_shapes(tmp_path, trt, tiny):
 
 
 @pytest.mark.parametrize("shapes, message", [
-    (("x:1x3x8x8", "x:2x3x8x8", "x:4x3x8x8"), "--min-shapes names x but the network's inputs are input"),
+    (("x:1x3x8x8", "x:2x3x8x8", "x:4x3x8x8"), "min_shapes names x but the network's inputs are input"),
     (("input:1x3x9x9", "input:2x3x9x9", "input:4x3x9x9"), "does not fit input input"),
 ])
 def test_shapes_that_do_not_fit_the_network(tmp_path, trt, tiny, shapes, message):
@@ -231,14 +231,14 @@ def test_shapes_that_do_not_fit_the_network(tmp_path, trt, tiny, shapes, message
 @pytest.mark.parametrize("options, message", [
     ({"min_shapes": "input:1x3x8x8", "opt_shapes": "input:1x3x8x8"}, "together"),
     ({"batch": "1:2:4", "min_shapes": "input:1x3x8x8", "opt_shapes": "input:1x3x8x8", "max_shapes": "input:1x3x8x8"},
-     "either --batch or"),
+     "either batch or"),
     ({"min_shapes": "input:4x3x8x8", "opt_shapes": "input:2x3x8x8", "max_shapes": "input:8x3x8x8"}, "min <= opt <= max"),
     ({"min_shapes": "input=1x3"}, "NAME:DxDxD"),
     ({"optimization_level": 6}, "0 to 5"),
     ({"workspace": "lots"}, "MiB or carry a unit"),
-    ({"hardware_compatibility": "turing"}, "--hardware-compat must be one of"),
-    ({"fp16_flag": True}, "--fp16-flag goes with --fp16"),
-    ({"precision": "int8", "legacy_calibrator": True}, "needs --calib-data"),
+    ({"hardware_compatibility": "turing"}, "hardware_compatibility must be one of"),
+    ({"fp16_flag": True}, "fp16_flag goes with precision='fp16'"),
+    ({"precision": "int8", "legacy_calibrator": True}, "needs calib_data"),
     ({"precision": "int8", "legacy_calibrator": True, "calib_data": "x", "calib_method": "mse"}, "entropy or minmax"),
     ({"precision": "bf16"}, "fp16 or int8"),
 ])
@@ -425,7 +425,7 @@ def test_validation_is_rexports_table_with_the_gates_asked_for(tmp_path, trt, ti
     assert rows(err.value.report)["tensorrt fp32"] == (0.875, ["top-1 drop 12.50 points > 5",
                                                                "agreement 87.50% < 99.00%"])
     assert err.value.report.rows[0].top1 == 1.0  # tiny_data is labelled with the FP32 model's answers
-    with pytest.raises(InputError, match="--max-top1-drop needs labelled data"):
+    with pytest.raises(InputError, match="max_top1_drop needs labelled data"):
         build(tmp_path, onnx, max_top1_drop=5, output="unlabelled.engine")  # random inputs have no labels
     assert files(tmp_path) == ["lenient.engine", "lenient.engine.json", "m.engine", "m.engine.json", "m.onnx"]
 
@@ -595,7 +595,7 @@ def test_legacy_minmax_calibrator(tmp_path, make_trt, tiny, tiny_data):
     build(tmp_path, tiny(), precision="int8", legacy_calibrator=True, calib_data=str(tiny_data), calib_samples=8,
           calib_method="minmax", calib_cache=str(cache), validate=False)
     assert cache.read_text().startswith("TRT-100300-MinMaxCalibration")
-    with pytest.raises(InputError, match="does not exist; pass --calib-data"):
+    with pytest.raises(InputError, match="does not exist; give calib_data to make it"):
         build(tmp_path, tiny(), precision="int8", legacy_calibrator=True, calib_cache=str(tmp_path / "none.cache"),
               output="x.engine")
 

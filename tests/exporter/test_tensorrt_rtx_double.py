@@ -92,7 +92,7 @@ def test_compute_capabilities_without_the_gpu_here_are_written_unvalidated(tmp_p
     assert rtx.builds[-1].compute_capabilities == ["SM86", "SM120"]
     assert result.validation is None and "validate_backends" not in pipeline.names()
     assert not_validated(result) == ["not validated: this GPU (8.9) is not one of its targets; check it on the "
-                                     "device with `rexport validate m.engine --data DIR` (or `rexport selftest "
+                                     "device with `rexport validate m.engine --val-data DIR` (or `rexport selftest "
                                      "BUNDLE`)"]
     assert rtx.deserialize_calls == 0 and rtx.validity_checks == 0  # it was never loaded here
     assert result.sidecar.targets == ("8.6", "12.0") and result.sidecar.compute_capability == "8.9"
@@ -121,7 +121,7 @@ def test_on_a_gpu_it_does_not_support_it_builds_for_chosen_targets_unvalidated(t
     result = build(tmp_path, tiny(), compute_capabilities="8.9")
     assert fake.builds[-1].compute_capabilities == ["SM89"] and plan_header(result.path)["targets"] == [[8, 9]]
     assert not_validated(result) == ["not validated: this GPU (9.0) is not one of its targets; check it on the device "
-                                     "with `rexport validate m.engine --data DIR` (or `rexport selftest BUNDLE`)"]
+                                     "with `rexport validate m.engine --val-data DIR` (or `rexport selftest BUNDLE`)"]
     assert result.validation is None and fake.deserialize_calls == 0
     side = result.sidecar
     assert (side.gpu_name, side.compute_capability, side.targets) == ("NVIDIA H100 (test double)", "9.0", ("8.9",))
@@ -162,7 +162,7 @@ def test_without_a_gpu_it_builds_for_the_default_targets(tmp_path, rtx, monkeypa
     assert result.notes == [
         "no GPU here: built ahead of time for compute capabilities 8.6, 8.9, 12.0 (RTX 30, 40 and 50 series; "
         "--compute-capability chooses)",
-        "not validated: there is no GPU here; check it on the device with `rexport validate m.engine --data DIR` "
+        "not validated: there is no GPU here; check it on the device with `rexport validate m.engine --val-data DIR` "
         "(or `rexport selftest BUNDLE`)"]
     assert result.validation is None and "validate_backends" not in pipeline.names()
     assert "built without a GPU for compute capabilities 8.6, 8.9, 12.0" in result.format()
@@ -181,7 +181,7 @@ def test_inspect_an_rtx_engine_built_without_a_gpu(tmp_path, rtx, monkeypatch, t
     assert ("  TensorRT for RTX 1.7 (1.7.1.116), built without a GPU, runs on compute capabilities 8.6, 8.9, 12.0, "
             "fp16") in lines
     assert '  profile: {"input": {"min": [1, 3, 8, 8], "opt": [4, 3, 8, 8], "max": [8, 3, 8, 8]}}' in lines
-    as_json = json.loads(CliRunner().invoke(cli, ["inspect", str(engine), "--json"]).output)
+    as_json = json.loads(CliRunner().invoke(cli, ["inspect", str(engine), "--json", "-"]).output)
     side = as_json["sidecar"]
     assert (side["flavour"], side["targets"], side["built_without_gpu"], side["gpu_name"]) == (
         "rtx", ["8.6", "8.9", "12.0"], True, "")

@@ -164,7 +164,7 @@ def test_unknown_arch_suggests_close_names():
 
 
 def test_models_command_lists_every_arch_with_input_and_params(run_cli):
-    result = run_cli("models", "--json")
+    result = run_cli("models", "--json", "-")
     assert result.exit_code == 0, result
     rows = {r["arch"]: r for r in json.loads(result.stdout)}
     assert set(rows) == set(ARCHS)

@@ -89,7 +89,7 @@ def test_doctor_with_cuda_bindings_12_and_no_driver(monkeypatch):
     assert rows["cuda-python"].startswith("ok")
     assert rows["CUDA"].startswith("--") and "driver unavailable" in rows["CUDA"]
     assert rows["GPU"].startswith("--") and DLOPEN_FAILURE in rows["GPU"] and "no usable NVIDIA GPU" in rows["GPU"]
-    as_json = json.loads(doctor(monkeypatch, "--json").output)
+    as_json = json.loads(doctor(monkeypatch, "--json", "-").output)
     assert as_json["GPU"]["ok"] is False and as_json["CUDA"]["ok"] is False
 
 

@@ -296,9 +296,9 @@ def test_bgr_override_and_back_restores_the_description():
 
 def test_override_to_grayscale_needs_new_statistics():
     base = Preprocess.imagenet(224)
-    with pytest.raises(InputError, match="needs --mean and --std"):
+    with pytest.raises(InputError, match="needs mean and std"):
         PreprocessOverrides(channels="L").apply(base)
-    with pytest.raises(InputError, match="needs --mean and --std"):
+    with pytest.raises(InputError, match="needs mean and std"):
         PreprocessOverrides(channels="L", mean=(0.45,)).apply(base)
     gray = PreprocessOverrides(channels="L", mean=(0.45,), std=(0.22,)).apply(base)
     assert (gray.channels, gray.mean, gray.std, gray.num_channels) == ("L", (0.45,), (0.22,), 1)

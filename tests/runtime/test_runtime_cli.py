@@ -23,19 +23,19 @@ def test_bundle_predict_inspect_selftest(run_cli, tmp_path, demo_fp32):
     for i in range(5):
         (images / str(test.labels[i])).mkdir(parents=True, exist_ok=True)
         Image.fromarray(test.images[i], "L").save(images / str(test.labels[i]) / f"{i}.png")
-    made = run_cli("bundle", demo_fp32, "-o", "b", "--data", images, "--checkpoint", data.WEIGHTS_FILE)
+    made = run_cli("bundle", demo_fp32, "-o", "b", "--val-data", images, "--checkpoint", data.WEIGHTS_FILE)
     assert made.exit_code == 0, made
     assert "PyTorch FP32" in made.stdout
 
     files = sorted(str(p) for p in images.rglob("*.png"))
-    predicted = run_cli("predict", "b", *files, "-k", "2", "--json")
+    predicted = run_cli("predict", "b", *files, "-k", "2", "--json", "-")
     assert predicted.exit_code == 0, predicted
     top = {f: r["top"][0]["label"] for f, r in json.loads(predicted.stdout).items()}
     assert all(top[f] == f.split("/")[-2] for f in files)  # class folder = label
 
     shown = run_cli("inspect", "b")
     assert shown.exit_code == 0 and "every file matches its sha256" in shown.stdout and "resnet20" in shown.stdout
-    onnx_info = json.loads(run_cli("inspect", demo_fp32, "--json").stdout)
+    onnx_info = json.loads(run_cli("inspect", demo_fp32, "--json", "-").stdout)
     assert onnx_info["census"]["layers"] == 20 and onnx_info["model"]["precision"] == "fp32"
 
     checked = run_cli("selftest", "b")
@@ -68,7 +68,7 @@ def test_selftest_failure_exits_3(run_cli, tmp_path, demo_bundle):
 
 
 def test_bench_command(run_cli, demo_fp32, tmp_path):
-    result = run_cli("bench", demo_fp32, demo_fp32, "--batch", "1,4", "--iterations", "20", "--warmup", "2",
+    result = run_cli("bench", demo_fp32, demo_fp32, "--batch-sizes", "1,4", "--iterations", "20", "--warmup", "2",
                      "--json", "bench.json")
     assert result.exit_code == 0, result
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -77,7 +77,7 @@ def test_bench_command(run_cli, demo_fp32, tmp_path):
         assert row["calls"] == 20 and 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["throughput"] > 0
     assert report["preprocess_ms_per_image"] > 0
-    assert_clean_error(run_cli("bench", demo_fp32, "--batch", "1,x"), "--batch takes")
+    assert_clean_error(run_cli("bench", demo_fp32, "--batch-sizes", "1,x"), "--batch-sizes takes")
 
 
 def test_bench_api_threads_and_duration(demo_fp32):

@@ -277,7 +277,7 @@ def test_doctor_cli_names_what_is_missing(run_cli, tmp_path):
     assert lines["TensorRT for RTX"].startswith("--") and "pip install 'rexport[rtx]'" in lines["TensorRT for RTX"]
     assert lines["onnxruntime"].startswith("ok") and "CPUExecutionProvider" in lines["onnxruntime"]
     assert "unknown: needs TensorRT" in lines["DLA"]
-    as_json = json.loads(run_cli("doctor", "--json", env=env).stdout)
+    as_json = json.loads(run_cli("doctor", "--json", "-", env=env).stdout)
     assert as_json["TensorRT"]["ok"] is False
 
 

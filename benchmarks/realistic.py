@@ -31,7 +31,7 @@ Tasks (each in WORK/<name>/, default benchmarks/.work/realistic/):
 
 Files per task: model.onnx (FP32, exported by rexport with its preprocessing and labels; dynamic
 batch), model.safetensors (the weights), calib.npz and eval.npz (preprocessed NCHW float32 under
-the model's input name `input`, plus `labels`; what `rexport calibrate --data/--val-data` reads)
+the model's input name `input`, plus `labels`; what `rexport calibrate --calib-data/--val-data` reads)
 and card.json (arch, labels, accuracies, margins, training settings and time, data). The photos
 tasks also keep pixels.npz (the uint8 patches). A task whose card.json exists is reused.
 

@@ -375,7 +375,7 @@ def fp16_cmd(model, output, calib_data, calib_samples, keep_float, overwrite) ->
 
 @cli.command("validate")
 @click.argument("models", nargs=-1, required=True, type=click.Path())
-@options("val_data", "checkpoint", "val_samples", "seed", "max_top1_drop", "min_agreement", "providers",
+@options("val_data", "checkpoint", "val_samples", "seed", "max_top1_drop", "min_agreement", "backend", "providers",
          "unsafe_pickle", *PREPROCESS, "json", "overwrite", providers="cpu")
 def validate_cmd(models, **o) -> None:
     """Run MODELS (ONNX files, engines, bundles) on the same data and compare them with the reference.
@@ -386,7 +386,7 @@ def validate_cmd(models, **o) -> None:
 
     report = Outputs(o["overwrite"], [*models, data_path(o["val_data"]), o["checkpoint"]], json=o["json"]).json
     result = validate(list(models), o["val_data"], checkpoint=o["checkpoint"], samples=o["val_samples"],
-                      seed=o["seed"], gates=fill(Gates, o), providers=o["providers"],
+                      seed=o["seed"], gates=fill(Gates, o), backend=o["backend"], providers=o["providers"],
                       unsafe_pickle=o["unsafe_pickle"], preprocess=preprocess_overrides(o))
     report.write(result.to_dict())
     report.echo(result.format())
@@ -430,12 +430,12 @@ def bundle_cmd(models, output, val_data, checkpoint, val_samples, validate, defa
 @click.argument("path", metavar="MODEL", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @options("top_k", *LOADING, "json", "overwrite")
-def predict_cmd(path, images, top_k, model, providers, threads, json, overwrite) -> None:
+def predict_cmd(path, images, top_k, model, backend, providers, threads, json, overwrite) -> None:
     """Classify IMAGES with MODEL (bundle, .onnx or .engine) and print the top-k."""
     from rexport.runtime import load
 
     report = Outputs(overwrite, [path, *images], json=json).json
-    with load(path, model=model, providers=providers, threads=threads) as predictor:
+    with load(path, model=model, backend=backend, providers=providers, threads=threads) as predictor:
         predictions = predictor.predict(list(images), top_k=top_k)
     report.echo("\n".join(f"{img}: {p}" for img, p in zip(images, predictions)))
     report.write({img: p.to_dict() for img, p in zip(images, predictions)})
@@ -457,13 +457,13 @@ def inspect_cmd(path, json, overwrite) -> None:
 @cli.command("selftest")
 @click.argument("bundle", type=click.Path())
 @options(*LOADING, "json", "overwrite")
-def selftest_cmd(bundle, model, providers, threads, json, overwrite) -> None:
+def selftest_cmd(bundle, model, backend, providers, threads, json, overwrite) -> None:
     """Replay a bundle's reference inputs and images on this machine and compare."""
     from rexport.runtime import load
     from rexport.runtime.bundle import require_pass
 
     report = Outputs(overwrite, [bundle], json=json).json
-    with load(bundle, model=model, providers=providers, threads=threads) as predictor:
+    with load(bundle, model=model, backend=backend, providers=providers, threads=threads) as predictor:
         result = predictor.selftest()
     report.echo(result.format())
     report.write(result.to_dict())
@@ -477,6 +477,7 @@ def bench_cmd(models, **o) -> None:
     """Latency (p50/p90/p99) and throughput of MODELS, and preprocessing time, in one table."""
     from rexport.runtime import load
     from rexport.runtime.bench import BenchConfig, bench
+    from rexport.runtime.predictor import installed_backends
     from rexport.runtime.preprocess import is_image_file
 
     try:
@@ -494,7 +495,17 @@ def bench_cmd(models, **o) -> None:
     try:
         for m in dict.fromkeys(str(Path(m).resolve()) for m in models):  # each model once, in order
             name = Path(m).name if Path(m).name not in predictors else m
-            predictors[name] = load(m, model=o["model"], providers=o["providers"], threads=o["threads"])
+            if o["backend"] != "all":
+                predictors[name] = load(m, model=o["model"], backend=o["backend"], providers=o["providers"],
+                                        threads=o["threads"])
+                continue
+            first = load(m, model=o["model"], backend="auto", providers=o["providers"], threads=o["threads"])
+            predictors[f"{name} [{first.backend.name}]"] = first
+            for backend in installed_backends(first.model_file):
+                if not first.backend.name.startswith(backend):
+                    loaded = load(m, model=o["model"], backend=backend, providers=o["providers"],
+                                  threads=o["threads"])
+                    predictors[f"{name} [{loaded.backend.name}]"] = loaded
         result = bench(predictors, config, files)
     finally:
         for p in predictors.values():

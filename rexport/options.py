@@ -32,6 +32,7 @@ from rexport.runtime.backends.onnxruntime import PROVIDER_ALIASES
 from rexport.runtime.bench import BenchConfig
 from rexport.runtime.compare import Tolerance
 from rexport.runtime.metadata import PRECISIONS
+from rexport.runtime.predictor import BENCH_BACKENDS
 from rexport.runtime.preprocess import CHANNEL_ORDERS, INTERPOLATIONS
 from rexport.runtime.trt_compat import HARDWARE_COMPATIBILITY
 
@@ -39,7 +40,8 @@ from rexport.runtime.trt_compat import HARDWARE_COMPATIBILITY
 REGISTRIES: dict[str, Any] = {"METHODS": METHODS, "TARGETS": TARGETS, "REFINEMENTS": REFINEMENTS,
                               "EXPORTERS": EXPORTERS, "CHANNEL_ORDERS": CHANNEL_ORDERS,
                               "INTERPOLATIONS": INTERPOLATIONS, "HARDWARE_COMPATIBILITY": HARDWARE_COMPATIBILITY,
-                              "PROVIDER_ALIASES": PROVIDER_ALIASES, "PRECISIONS": PRECISIONS}
+                              "PROVIDER_ALIASES": PROVIDER_ALIASES, "PRECISIONS": PRECISIONS,
+                              "BENCH_BACKENDS": BENCH_BACKENDS}
 REQUIRED = object()  # options(..., name=REQUIRED): the command needs this option
 
 FILE = click.Path(dir_okay=False)
@@ -185,9 +187,13 @@ TABLE: dict[str, Option] = {o.name: o for o in [
     Option("archive", "--archive", "Write a single .tar.gz instead of a directory.", flag_value=True),
     Option("model", "--model", f"Which model of a bundle: {_names(p for p in PRECISIONS if p != 'mixed')}, engine "
            "or a file name."),
-    Option("providers", "--providers", f"onnxruntime providers: auto, {_names(PROVIDER_ALIASES)}, or a comma list.",
-           default="auto"),
-    Option("threads", "--threads", "onnxruntime intra-op threads (default: its choice).", int),
+    Option("backend", "--backend", "Inference backend. auto: TensorRT for engines; for ONNX, ONNX Runtime when "
+           "--providers names any or it has a GPU, else OpenVINO on x86 CPUs when installed, else ONNX Runtime. "
+           "bench also takes all: every backend installed here, side by side.",
+           default="auto", choices=BENCH_BACKENDS),
+    Option("providers", "--providers", f"onnxruntime providers: auto, {_names(PROVIDER_ALIASES)}, or a comma list "
+           "(naming any runs ONNX Runtime).", default="auto"),
+    Option("threads", "--threads", "Inference threads: ONNX Runtime intra-op, OpenVINO's (default: theirs).", int),
     Option("top_k", "--top-k", "How many classes to print per image.", int, 5, short="-k"),
     Option("family", "--family", "Only this family (e.g. resnet, cifar_resnet, preact_resnet, plain)."),
     # -- bench
@@ -230,7 +236,7 @@ TABLE: dict[str, Option] = {o.name: o for o in [
 PREPROCESS = ("mean", "std", "resize", "channels", "interpolation", "max_pixel_value")
 CALIBRATION = ("calib_method", "percentile", "target", "reduce_range", "calib_refine", "calib_samples", "seed",
                "val_data", "val_samples", "max_top1_drop", "min_agreement", "keep_float", "use_stats_cache")
-LOADING = ("model", "providers", "threads")
+LOADING = ("model", "backend", "providers", "threads")
 
 # Flags renamed before 1.0 -> the concepts that took them over (the one a command has is named).
 RENAMED: dict[str, tuple[str, ...]] = {

@@ -215,6 +215,7 @@ def onnx_model_info(backend, path: Path) -> ModelInfo:
 
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
+BENCH_BACKENDS = (*BACKENDS, "all")  # bench --backend all: every backend installed here that runs the file
 X86 = ("x86_64", "amd64", "i386", "i686")
 
 
@@ -245,6 +246,15 @@ def choose_backend(path: Path, backend: str = "auto", providers="auto") -> str:
     if importlib.util.find_spec("openvino") is not None and platform.machine().lower() in X86:
         return "openvino"
     return "onnxruntime"
+
+
+def installed_backends(path: Path) -> list[str]:
+    """The backends installed here that can run this model file (for `bench --backend all`)."""
+    import importlib.util
+
+    if path.suffix.lower() in (".engine", ".plan", ".trt"):
+        return ["tensorrt"]
+    return [b for b in ("onnxruntime", "openvino") if importlib.util.find_spec(b) is not None]
 
 
 def open_model_file(path: Path, *, backend: str = "auto", providers="auto", threads: int | None = None,

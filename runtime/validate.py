@@ -155,7 +155,7 @@ def model_label(path: Path, precision: str, backend: str) -> str:
     return f"{path.name} ({precision.upper()}, {backend})"
 
 
-def _open_models(models: list[str | os.PathLike], providers) -> list:
+def _open_models(models: list[str | os.PathLike], backend: str, providers) -> list:
     """Predictors for every model file, expanding bundles into their models (an engine this
     machine cannot run is skipped with a warning when it comes from a bundle)."""
     from rexport.errors import CompatibilityError, MissingDependency
@@ -168,21 +168,22 @@ def _open_models(models: list[str | os.PathLike], providers) -> list:
         if not path.exists():
             raise InputError(f"model {path} does not exist")
         if not is_bundle(path):
-            opened.append(load(path, providers=providers))
+            opened.append(load(path, backend=backend, providers=providers))
             continue
         bundle = open_bundle(path)
         files = [e["file"] for e in bundle.models]
         bundle.cleanup()
         for file in files:
             try:
-                opened.append(load(path, model=file, providers=providers))
+                opened.append(load(path, model=file, backend=backend, providers=providers))
             except (MissingDependency, CompatibilityError) as e:
                 log.warning("warning: skipping %s from %s: %s", file, path.name, e)
     return opened
 
 
 def validate(models: list[str | os.PathLike], data: str | None = None, *, checkpoint: str | os.PathLike | None = None,
-             samples: int | None = None, seed: int = 0, gates: Gates = Gates(), providers="cpu",
+             samples: int | None = None, seed: int = 0, gates: Gates = Gates(), backend: str = "auto",
+             providers="cpu",
              preprocess=None, unsafe_pickle: bool = False) -> ValidationReport:
     """Validate ONNX files, engines and bundles on `data` against a reference: PyTorch when a
     checkpoint is given; else, without data, a bundle's stored reference logits on its reference
@@ -191,7 +192,7 @@ def validate(models: list[str | os.PathLike], data: str | None = None, *, checkp
 
     if not models:
         raise InputError("give at least one model to validate")
-    predictors = _open_models(models, providers)
+    predictors = _open_models(models, backend, providers)
     try:
         infos = [p.info for p in predictors]
         base = next((i for i in infos if i.precision == "fp32"), infos[0])

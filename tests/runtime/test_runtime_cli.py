@@ -80,6 +80,32 @@ def test_bench_command(run_cli, demo_fp32, tmp_path):
     assert_clean_error(run_cli("bench", demo_fp32, "--batch-sizes", "1,x"), "--batch-sizes takes")
 
 
+def test_backend_flag_on_every_loading_command(run_cli, demo_fp32, demo_bundle, tmp_path):
+    """--backend picks the engine: the same answers on OpenVINO and ONNX Runtime; bench --backend
+    all measures every installed one side by side; all is bench's alone."""
+    pytest.importorskip("openvino")
+    from PIL import Image
+
+    from rexport.demo import data
+
+    image = tmp_path / "d.png"
+    Image.fromarray(data.split("test").images[3], "L").save(image)
+    tops = {}
+    for backend in ("openvino", "onnxruntime"):
+        result = run_cli("predict", demo_fp32, image, "--backend", backend, "--json", "-")
+        assert result.exit_code == 0, result
+        tops[backend] = json.loads(result.stdout)[str(image)]["top"][0]["label"]
+        checked = run_cli("selftest", demo_bundle, "--model", "int8", "--backend", backend, "--json", "-")
+        assert checked.exit_code == 0 and json.loads(checked.stdout)["backend"].startswith(backend), checked
+    assert tops["openvino"] == tops["onnxruntime"] == str(data.split("test").labels[3])
+    validated = run_cli("validate", demo_bundle, "--backend", "openvino", "--json", "-")
+    assert validated.exit_code == 0 and json.loads(validated.stdout)["passed"], validated
+    benched = run_cli("bench", demo_fp32, "--backend", "all", "--iterations", "5", "--warmup", "1", "--json", "-")
+    assert benched.exit_code == 0, benched
+    assert {r["backend"] for r in json.loads(benched.stdout)["rows"]} == {"openvino CPU", "onnxruntime CPU"}
+    assert_clean_error(run_cli("predict", demo_fp32, image, "--backend", "all"), "backend must be one of")
+
+
 def test_bench_api_threads_and_duration(demo_fp32):
     from rexport.runtime import load
 

@@ -429,14 +429,14 @@ def bundle_cmd(models, output, val_data, checkpoint, val_samples, validate, defa
 @cli.command("predict")
 @click.argument("path", metavar="MODEL", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@options("top_k", *LOADING, "json", "overwrite")
-def predict_cmd(path, images, top_k, model, backend, providers, threads, json, overwrite) -> None:
+@options("top_k", "draft", *LOADING, "json", "overwrite")
+def predict_cmd(path, images, top_k, draft, model, backend, providers, threads, json, overwrite) -> None:
     """Classify IMAGES with MODEL (bundle, .onnx or .engine) and print the top-k."""
     from rexport.runtime import load
 
     report = Outputs(overwrite, [path, *images], json=json).json
     with load(path, model=model, backend=backend, providers=providers, threads=threads) as predictor:
-        predictions = predictor.predict(list(images), top_k=top_k)
+        predictions = predictor.predict(list(images), top_k=top_k, draft=draft)
     report.echo("\n".join(f"{img}: {p}" for img, p in zip(images, predictions)))
     report.write({img: p.to_dict() for img, p in zip(images, predictions)})
 

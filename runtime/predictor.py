@@ -108,31 +108,34 @@ class Predictor:
     def preprocessing(self) -> Preprocess:
         return self.info.preprocess
 
-    def preprocess(self, images: ImageLike | Sequence[ImageLike], *, max_pixels: int | None = None) -> np.ndarray:
-        """Images -> the model's NCHW input; files above max_pixels (default 64 MP) are refused."""
-        return preprocess(images, self.info.preprocess, max_pixels=max_pixels)
+    def preprocess(self, images: ImageLike | Sequence[ImageLike], *, max_pixels: int | None = None,
+                   draft: bool = False) -> np.ndarray:
+        """Images -> the model's NCHW input; files above max_pixels (default 64 MP) are refused;
+        `draft`: decode large JPEGs at reduced scale (faster, not exact; README: its cost)."""
+        return preprocess(images, self.info.preprocess, max_pixels=max_pixels, draft=draft)
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5, *,
-                max_pixels: int | None = None, workers: int | None = None) -> Prediction | list[Prediction]:
+    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5, *, max_pixels: int | None = None,
+                workers: int | None = None, draft: bool = False) -> Prediction | list[Prediction]:
         """One image -> a Prediction; a list (or N x H x W x C array) -> a list of them, in order.
 
         Many images are pipelined: batches of the model's preferred size are decoded and
         preprocessed by `workers` threads (default 2; 0: none, in turn with inference) a few
-        batches ahead of inference, which runs meanwhile. The answers are the same."""
+        batches ahead of inference, which runs meanwhile. The answers are the same. `draft`:
+        see `preprocess`."""
         single = not isinstance(images, (list, tuple)) and not (isinstance(images, np.ndarray) and images.ndim == 4)
         if single:
-            return self.classify(self.run(self.preprocess(images, max_pixels=max_pixels)), top_k)[0]
+            return self.classify(self.run(self.preprocess(images, max_pixels=max_pixels, draft=draft)), top_k)[0]
         size = max(self.batch.opt, 1)
         chunks = [images[i:i + size] for i in range(0, len(images), size)]
         workers = PIPELINE_WORKERS if workers is None else workers
         if workers < 0:
             raise InputError(f"workers must be 0 or more, not {workers}")
         if workers == 0 or len(chunks) == 1:
-            return [p for chunk in chunks for p in self.classify(self.run(self.preprocess(chunk, max_pixels=max_pixels)),
-                                                                 top_k)]
-        return self._pipelined(chunks, top_k, max_pixels, workers)
+            return [p for chunk in chunks
+                    for p in self.classify(self.run(self.preprocess(chunk, max_pixels=max_pixels, draft=draft)), top_k)]
+        return self._pipelined(chunks, top_k, workers, max_pixels=max_pixels, draft=draft)
 
-    def _pipelined(self, chunks: list, top_k: int, max_pixels: int | None, workers: int) -> list[Prediction]:
+    def _pipelined(self, chunks: list, top_k: int, workers: int, **preprocessing) -> list[Prediction]:
         """Preprocess up to `workers` + 1 batches ahead (bounded memory) while inference runs."""
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
@@ -141,13 +144,13 @@ class Predictor:
         pool = ThreadPoolExecutor(workers, thread_name_prefix="rexport-preprocess")
         try:
             todo = iter(chunks)
-            ahead = deque(pool.submit(self.preprocess, c, max_pixels=max_pixels)
+            ahead = deque(pool.submit(self.preprocess, c, **preprocessing)
                           for c in (next(todo) for _ in range(min(workers + 1, len(chunks)))))
             while ahead:
                 x = ahead.popleft().result()
                 following = next(todo, None)
                 if following is not None:
-                    ahead.append(pool.submit(self.preprocess, following, max_pixels=max_pixels))
+                    ahead.append(pool.submit(self.preprocess, following, **preprocessing))
                 out.extend(self.classify(self.run(x), top_k))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

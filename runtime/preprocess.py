@@ -198,11 +198,13 @@ def _check_image_path(src: str | os.PathLike) -> None:
         raise InputError(f"image {src} is {kind}, not a regular file; give image files")
 
 
-def open_image(src: ImageLike, *, max_pixels: int | None = None):
+def open_image(src: ImageLike, *, max_pixels: int | None = None, draft: Preprocess | None = None):
     """Decode a path, bytes, PIL image or HWC uint8 array into a loaded PIL image.
 
     Files and bytes with more than `max_pixels` pixels (default: max_image_pixels()) are
-    refused after reading the header, before decoding."""
+    refused after reading the header, before decoding. With `draft` (opt-in), a JPEG much larger
+    than that preprocessing's resize is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
+    PIL's `Image.draft`), never below the resize's size: several times faster, not exact."""
     Image = _pil()
     if isinstance(src, Image.Image):
         return src
@@ -229,6 +231,8 @@ def open_image(src: ImageLike, *, max_pixels: int | None = None):
             width, height = img.size
             if width * height > cap:
                 raise InputError(_too_big(name, f"{width}x{height} = {width * height / 1e6:.0f} MP", cap))
+            if draft is not None and img.format == "JPEG":
+                img.draft(img.mode, _draft_size(width, height, draft))
             img.load()
     except InputError:
         _close(img)
@@ -243,6 +247,13 @@ def open_image(src: ImageLike, *, max_pixels: int | None = None):
         _close(img)
         raise InputError(f"{name} is not an image PIL can decode ({type(e).__name__}: {_first_line(e)})") from None
     return img
+
+
+def _draft_size(width: int, height: int, spec: Preprocess) -> tuple[int, int]:
+    """The smallest decoded size the preprocessing's resize (else its crop) still scales down from."""
+    if spec.resize is not None:
+        return resized_size(width, height, int(spec.resize))
+    return spec.size[1], spec.size[0]
 
 
 def _too_big(name: str, size: str, cap: int) -> str:
@@ -350,9 +361,10 @@ def normalize(pixels: np.ndarray, spec: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def preprocess_one(src: ImageLike, spec: Preprocess, *, max_pixels: int | None = None) -> np.ndarray:
-    """One image -> float32 CHW array (max_pixels: see open_image)."""
-    img = open_image(src, max_pixels=max_pixels)
+def preprocess_one(src: ImageLike, spec: Preprocess, *, max_pixels: int | None = None,
+                   draft: bool = False) -> np.ndarray:
+    """One image -> float32 CHW array (max_pixels, draft: see open_image)."""
+    img = open_image(src, max_pixels=max_pixels, draft=spec if draft else None)
     decoded = isinstance(src, np.ndarray) or img is src  # arrays and PIL images: already decoded, not capped
     cap = None if decoded else max_image_pixels() if max_pixels is None else int(max_pixels)
     try:
@@ -374,9 +386,10 @@ def _as_list(images: Any) -> list:
 
 
 def preprocess(images: ImageLike | Sequence[ImageLike] | Iterable[ImageLike], spec: Preprocess, *,
-               max_pixels: int | None = None) -> np.ndarray:
-    """Images -> float32 NCHW batch. A single image gives a batch of one (max_pixels: see open_image)."""
-    batch = [preprocess_one(img, spec, max_pixels=max_pixels) for img in _as_list(images)]
+               max_pixels: int | None = None, draft: bool = False) -> np.ndarray:
+    """Images -> float32 NCHW batch. A single image gives a batch of one (max_pixels, draft: see
+    open_image; draft is off by default: the torchvision contract is exact)."""
+    batch = [preprocess_one(img, spec, max_pixels=max_pixels, draft=draft) for img in _as_list(images)]
     if not batch:
         raise InputError("no images given")
     return np.stack(batch)

@@ -314,3 +314,23 @@ def test_palette_with_transparency_converts_without_warnings():
         warnings.simplefilter("error")
         x = preprocess(DATA / "china_small_p_transparent.png", Preprocess.imagenet(32))
     assert x.shape == (1, 3, 32, 32)
+
+
+def test_jpeg_draft_is_opt_in_close_and_only_for_large_jpegs():
+    """draft=True decodes a JPEG much larger than the resize at reduced scale: close to the exact
+    pixels, not equal; off by default; PNGs and JPEGs near the model's size are untouched."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:1600, 0:1200]
+    smooth = np.stack([(x / 5) % 256, (y / 7) % 256, ((x + y) / 9) % 256], axis=-1) + rng.normal(0, 8, (1600, 1200, 3))
+    big = Image.fromarray(np.clip(smooth, 0, 255).astype(np.uint8))
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    big.save(jpeg, "JPEG", quality=90)
+    big.save(png, "PNG")
+    spec = Preprocess.imagenet(224)
+    exact, drafted = preprocess(jpeg.getvalue(), spec), preprocess(jpeg.getvalue(), spec, draft=True)
+    assert np.array_equal(exact, preprocess(jpeg.getvalue(), spec, draft=False))
+    assert not np.array_equal(exact, drafted) and np.abs(exact - drafted).mean() < 0.1
+    assert np.array_equal(preprocess(png.getvalue(), spec), preprocess(png.getvalue(), spec, draft=True))
+    near = io.BytesIO()
+    big.resize((300, 400)).save(near, "JPEG")
+    assert np.array_equal(preprocess(near.getvalue(), spec), preprocess(near.getvalue(), spec, draft=True))

@@ -101,7 +101,7 @@ class Predictor:
             outputs.append(self.backend.run(chunk)[:n])
         if not outputs:
             raise InputError("input batch is empty")
-        return np.concatenate(outputs)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     # -- images --------------------------------------------------------------------------------
     @property

@@ -136,7 +136,7 @@ class OpenVinoBackend(Backend):
             raise InputError(f"this model takes batches of {self.min_batch} to {self.max_batch}, got {len(x)}")
         request = self._request(len(x))
         try:
-            request.infer({0: x})
+            request.infer({0: x}, share_inputs=True)  # x is ours until infer returns: no copy
         except RuntimeError as e:
             raise InputError(f"OpenVINO ({self.device}) could not run the model on a {'x'.join(map(str, x.shape))} "
                              f"input ({' '.join(str(e).split())[:300]}); re-export it with `rexport onnx`") from None

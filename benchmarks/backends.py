@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from precision import (DEFAULT_WORK, environment, format_environment, interleaved, prepare,  # noqa: E402
+from precision import (environment, format_environment, interleaved, prepare, timing_arguments,  # noqa: E402
                        torch_model, workdir)
 
 from rexport.console import table  # noqa: E402
@@ -49,14 +48,7 @@ def direct_openvino(path: Path, x: np.ndarray, threads: int):
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="resnet50", help="any zoo arch (default resnet50)")
-    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
-    p.add_argument("--iterations", type=int, default=30, help="timed calls per row and batch (default 30)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls per row first (default 3)")
-    p.add_argument("--rounds", type=int, default=6, help="interleaved blocks per row (default 6)")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every backend (default: all)")
-    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"model cache (default {DEFAULT_WORK})")
-    p.add_argument("--rebuild", action="store_true", help="export and calibrate again even if cached")
-    p.add_argument("--json", type=Path, help="also write the results as JSON")
+    timing_arguments(p, iterations=30, warmup=3, rounds=6)
     return p.parse_args(argv)
 
 

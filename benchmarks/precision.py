@@ -207,17 +207,23 @@ def targets(rows: list[dict]) -> list[str]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="resnet50", help="any zoo arch (default resnet50; resnet18 for quick runs)")
-    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
-    p.add_argument("--iterations", type=int, default=50, help="timed calls per row and batch (default 50)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed calls per row first (default 5)")
-    p.add_argument("--rounds", type=int, default=10, help="interleaved blocks per row (default 10)")
-    p.add_argument("--threads", type=int, default=os.cpu_count(),
-                   help="intra-op threads for every runtime (default: all cores)")
+    timing_arguments(p, iterations=50, warmup=5, rounds=10)
     p.add_argument("--data", help="calibration data (image folder, .npy, .npz); default 64 seeded random samples")
+    return p.parse_args(argv)
+
+
+def timing_arguments(p: argparse.ArgumentParser, *, iterations: int, warmup: int, rounds: int) -> None:
+    """The options every interleaved latency benchmark takes (precision.py, backends.py)."""
+    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--iterations", type=int, default=iterations,
+                   help=f"timed calls per row and batch (default {iterations})")
+    p.add_argument("--warmup", type=int, default=warmup, help=f"untimed calls per row first (default {warmup})")
+    p.add_argument("--rounds", type=int, default=rounds, help=f"interleaved blocks per row (default {rounds})")
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="threads for every runtime (default: all cores)")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"model cache (default {DEFAULT_WORK})")
     p.add_argument("--rebuild", action="store_true", help="export and calibrate again even if cached")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
-    return p.parse_args(argv)
 
 
 def main(argv=None) -> None:

@@ -253,9 +253,8 @@ def insert_qdq(model, qparams: dict[str, QParams], target: str, keep_float: froz
     b = _Builder(out)
     int8: set[str] = set()
     if target == "cpu":  # decide what runs in int8, then fold the Relus after it into the Q/DQ
-        convs = {n.name for n in quantizable_nodes(out) if n.name not in keep_float}
-        fold_relus(out, cpu_int8_nodes(out, convs, keep_float))
-        int8 = cpu_int8_nodes(out, convs, keep_float)
+        int8 = cpu_int8_nodes(out, {n.name for n in quantizable_nodes(out) if n.name not in keep_float}, keep_float)
+        fold_relus(out, int8)
     quantized = [n for n in quantizable_nodes(out) if n.name not in keep_float]
     residuals = residual_adds(model) if target == "trt" else {}  # on the graph as it was
     graph_outputs = {o.name for o in graph.output}

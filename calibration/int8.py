@@ -176,10 +176,12 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
     """Calibrate and quantize an FP32 rexport ONNX; see the module docstring for the steps."""
     start = time.monotonic()
     onnx = onnx_module()
-    output = check_output(output, overwrite=config.overwrite)
+    reads = [onnx_path, *(Path(d) for d in (config.data, config.val_data) if d and Path(d).exists())]
+    output = check_output(output, overwrite=config.overwrite, inputs=reads)  # never onto an input
     cache_path = None
     if config.target == "trt":
-        cache_path = check_output(config.cache or output.with_suffix(".cache"), overwrite=config.overwrite)
+        cache_path = check_output(config.cache or output.with_suffix(".cache"), overwrite=config.overwrite,
+                                  inputs=[*reads, output])
     model, info = read_model(onnx_path)
     if info.precision != "fp32":
         raise InputError(f"{onnx_path} is {info.precision}; calibrate the FP32 export instead")

@@ -163,7 +163,8 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint | LoadedModel, output
     """Export a checkpoint (or an already loaded model) to a verified ONNX file at `output`."""
     start = time.monotonic()
     onnx = require("onnx", "export", "write ONNX files")
-    output = check_output(output, overwrite=config.overwrite)
+    source = None if isinstance(checkpoint, (Checkpoint, LoadedModel)) else checkpoint
+    output = check_output(output, overwrite=config.overwrite, inputs=[source])  # never onto the checkpoint
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(
         checkpoint, config.arch, num_classes=config.num_classes, key_map=config.key_map,
         shortcut=config.shortcut, unsafe_pickle=config.unsafe_pickle)

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from helpers import assert_clean_error
 from rexport import files
+from rexport.errors import InputError
 from rexport.cli import cli
 
 
@@ -84,6 +85,28 @@ def test_no_output_replaces_an_input_even_with_force(workdir, args):
     assert_clean_error(invoke(*args, "--force"), "refusing to write", "not even --force")
     assert {p: Path(p).read_bytes() for p in before} == before
     assert hidden(workdir) == [] and files._protected == []
+
+
+def test_the_python_api_never_writes_onto_its_input(workdir):
+    """The same rule without the CLI: quantize, to_fp16, export_onnx and build_engine refuse an
+    output that is their input, even with overwrite=True (through a link too)."""
+    from rexport.calibration import QuantizeConfig, quantize, to_fp16
+    from rexport.exporter import ExportConfig, ParityConfig, export_onnx
+    from rexport.exporter.tensorrt import BuildConfig, build_engine
+
+    before = {p: Path(p).read_bytes() for p in ("m.onnx", "w.safetensors", "data.npy")}
+    attempts = [
+        lambda: quantize("m.onnx", "h.onnx", QuantizeConfig(data="demo", overwrite=True)),
+        lambda: quantize("m.onnx", "data.npy", QuantizeConfig(data="data.npy", overwrite=True)),
+        lambda: to_fp16("m.onnx", "s.onnx", overwrite=True),
+        lambda: export_onnx("w.safetensors", "w.safetensors",
+                            ExportConfig(arch="resnet20", overwrite=True, parity=ParityConfig(enabled=False))),
+        lambda: build_engine("m.onnx", "h.onnx", BuildConfig(overwrite=True)),
+    ]
+    for attempt in attempts:
+        with pytest.raises(InputError, match="refusing to write"):
+            attempt()
+    assert {p: Path(p).read_bytes() for p in before} == before
 
 
 @pytest.mark.parametrize("args, fragment", [

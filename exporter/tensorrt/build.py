@@ -178,8 +178,8 @@ def build_engine(source: str | os.PathLike, output: str | os.PathLike | None = N
         raise InputError(f"{onnx_path} does not exist")
     if output is None:
         output = (bundle_dir or Path(".")) / default_engine_name(onnx_path, config.precision)
-    output = check_output(output, overwrite=config.overwrite)
-    side = check_output(sidecar_path(output), overwrite=config.overwrite)
+    output = check_output(output, overwrite=config.overwrite, inputs=[onnx_path])  # never onto the ONNX
+    side = check_output(sidecar_path(output), overwrite=config.overwrite, inputs=[onnx_path, output])
     compat = load_tensorrt("build TensorRT engines", config.flavour)
     # the flavour that builds, recorded in the sidecar's options and rebuild command even when it was the
     # default choice (the only one installed): elsewhere the default can be the other one

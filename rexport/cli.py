@@ -472,7 +472,8 @@ def selftest_cmd(bundle, model, backend, providers, threads, json, overwrite) ->
 
 @cli.command("bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path())
-@options("batch_sizes", "iterations", "duration", "warmup", "bench_threads", *LOADING, "images", "json", "overwrite")
+@options("batch_sizes", "iterations", "duration", "warmup", "bench_threads", *LOADING, "save_choice", "images", "json",
+         "overwrite")
 def bench_cmd(models, **o) -> None:
     """Latency (p50/p90/p99) and throughput of MODELS, and preprocessing time, in one table."""
     from rexport.runtime import load
@@ -491,7 +492,10 @@ def bench_cmd(models, **o) -> None:
     files = sorted(p for p in Path(images).rglob("*") if is_image_file(p))[:32] if images else None
     if images and not files:
         raise InputError(f"--images {images} holds no images")
-    predictors = {}
+    if o["save_choice"] and (o["backend"] != "all" or not all(Path(m).is_dir() for m in models)):
+        raise InputError(f"{flag('save_choice')} records what {flag('backend')} all measures on bundle directories; "
+                         f"give {flag('backend')} all and bundle directories (not archives or single files)")
+    predictors, measured = {}, {}  # measured: predictor name -> (bundle, model file, backend)
     try:
         for m in dict.fromkeys(str(Path(m).resolve()) for m in models):  # each model once, in order
             name = Path(m).name if Path(m).name not in predictors else m
@@ -499,19 +503,35 @@ def bench_cmd(models, **o) -> None:
                 predictors[name] = load(m, model=o["model"], backend=o["backend"], providers=o["providers"],
                                         threads=o["threads"])
                 continue
-            first = load(m, model=o["model"], backend="auto", providers=o["providers"], threads=o["threads"])
-            predictors[f"{name} [{first.backend.name}]"] = first
-            for backend in installed_backends(first.model_file):
-                if not first.backend.name.startswith(backend):
-                    loaded = load(m, model=o["model"], backend=backend, providers=o["providers"],
-                                  threads=o["threads"])
-                    predictors[f"{name} [{loaded.backend.name}]"] = loaded
+            with load(m, model=o["model"]) as probe:  # the file a bundle's --model names
+                backends = installed_backends(probe.model_file)
+            for backend in backends:
+                loaded = load(m, model=o["model"], backend=backend, providers=o["providers"], threads=o["threads"])
+                predictors[f"{name} [{loaded.backend.name}]"] = loaded
+                measured[f"{name} [{loaded.backend.name}]"] = (Path(m), loaded.model_file.name, backend)
         result = bench(predictors, config, files)
     finally:
         for p in predictors.values():
             p.close()
     report.write(result.to_dict())
     report.echo(result.format())
+    if o["save_choice"]:
+        save_fastest(result.rows, measured)
+
+
+def save_fastest(rows, measured: dict) -> None:
+    """bench --save-choice: per bundle, each model's fastest backend at the largest batch measured."""
+    from rexport.runtime.predictor import save_choice
+
+    largest = max(r.batch for r in rows)
+    for bundle_dir in dict.fromkeys(where for where, _, _ in measured.values()):
+        fastest = {}
+        for row in sorted((r for r in rows if r.batch == largest), key=lambda r: r.p50_ms):
+            where, file, backend = measured[row.model]
+            if where == bundle_dir:
+                fastest.setdefault(file, backend)
+        click.echo(f"saved the fastest backend at batch {largest} for this machine -> "
+                   f"{save_choice(bundle_dir, fastest)}: " + ", ".join(f"{f} {b}" for f, b in fastest.items()))
 
 
 @cli.command("demo")

@@ -194,6 +194,8 @@ TABLE: dict[str, Option] = {o.name: o for o in [
     Option("providers", "--providers", f"onnxruntime providers: auto, {_names(PROVIDER_ALIASES)}, or a comma list "
            "(naming any runs ONNX Runtime).", default="auto"),
     Option("threads", "--threads", "Inference threads: ONNX Runtime intra-op, OpenVINO's (default: theirs).", int),
+    Option("save_choice", "--save-choice", "With --backend all on a bundle directory: record the fastest backend "
+           "of each model for this machine, where --backend auto will use it.", flag_value=True),
     Option("draft", "--jpeg-draft", "Decode JPEGs much larger than the model's input at 1/2-1/8 scale: several "
            "times faster, not exact (README: the agreement it costs).", flag_value=True),
     Option("top_k", "--top-k", "How many classes to print per image.", int, 5, short="-k"),

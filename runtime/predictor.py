@@ -251,6 +251,51 @@ def choose_backend(path: Path, backend: str = "auto", providers="auto") -> str:
     return "onnxruntime"
 
 
+CHOICE_FILE = "backend-choice.json"  # in a bundle directory: what `bench --save-choice` measured fastest, per machine
+
+
+def machine() -> str:
+    """This machine's CPU, as the key of a saved backend choice (a choice holds where it was measured)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    return f"{platform.machine()} {name or platform.processor()} {os.cpu_count()} cores".strip()
+
+
+def saved_choice(bundle_root: Path, model_file: str) -> str | None:
+    """The backend `bench --save-choice` recorded for this model on this machine, if any (and valid)."""
+    import json
+
+    try:
+        saved = json.loads((bundle_root / CHOICE_FILE).read_text(encoding="utf-8"))
+        choice = saved["machines"][machine()][model_file]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return choice if choice in BACKENDS[1:] else None
+
+
+def save_choice(bundle_dir: Path, choices: dict[str, str]) -> Path:
+    """Record model file -> fastest backend for this machine in the bundle directory (other
+    machines' choices are kept). Not part of the manifest: a device's measurement, not the bundle's."""
+    import json
+
+    from rexport.files import write_json
+
+    path = bundle_dir / CHOICE_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        machines = saved["machines"] if isinstance(saved.get("machines"), dict) else {}
+    except (OSError, ValueError, AttributeError):
+        machines = {}
+    machines[machine()] = {**machines.get(machine(), {}), **choices}
+    write_json(path, {"machines": machines}, overwrite=True)
+    return path
+
+
 def installed_backends(path: Path) -> list[str]:
     """The backends installed here that can run this model file (for `bench --backend all`)."""
     import importlib.util
@@ -311,6 +356,11 @@ def load(path: str | os.PathLike, *, model: str | None = None, backend: str = "a
         bundle = open_bundle(path)
         try:
             file = bundle.model_file(model)
+            if backend == "auto" and providers == "auto" and path.is_dir():
+                backend = saved_choice(path, file.name) or backend
+                if backend != "auto":
+                    log.info("backend %s: measured fastest here by `rexport bench --save-choice` (%s)", backend,
+                             CHOICE_FILE)
             runner, info = open_model_file(file, backend=backend, providers=providers, threads=threads, device=device)
         except BaseException:
             bundle.cleanup()

@@ -106,6 +106,36 @@ def test_backend_flag_on_every_loading_command(run_cli, demo_fp32, demo_bundle, 
     assert_clean_error(run_cli("predict", demo_fp32, image, "--backend", "all"), "backend must be one of")
 
 
+def test_bench_saves_the_fastest_backend_for_auto(run_cli, demo_bundle, tmp_path):
+    """bench --backend all --save-choice writes, for this machine, each model's fastest backend
+    into the bundle directory; load(auto) then uses it; other machines' choices are kept."""
+    pytest.importorskip("openvino")
+    import shutil
+
+    from rexport.runtime import load
+    from rexport.runtime.predictor import CHOICE_FILE, machine
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(demo_bundle, bundle)
+    (bundle / CHOICE_FILE).write_text(json.dumps({"machines": {"another box": {"demo.onnx": "onnxruntime"}}}))
+    result = run_cli("bench", bundle, "--backend", "all", "--save-choice", "--batch-sizes", "1,4",
+                     "--iterations", "5", "--warmup", "1", "--json", "bench.json")
+    assert result.exit_code == 0, result
+    rows = [r for r in json.loads((tmp_path / "bench.json").read_text())["rows"] if r["batch"] == 4]
+    fastest = min(rows, key=lambda r: r["p50_ms"])["backend"].split()[0]
+    saved = json.loads((bundle / CHOICE_FILE).read_text())["machines"]
+    model_file = load(bundle).model_file.name
+    assert saved[machine()] == {model_file: fastest} and saved["another box"] == {"demo.onnx": "onnxruntime"}
+    assert load(bundle).backend.name.startswith(fastest)
+    saved[machine()][model_file] = "onnxruntime" if fastest == "openvino" else "openvino"
+    (bundle / CHOICE_FILE).write_text(json.dumps({"machines": saved}))
+    with load(bundle) as p:  # auto follows the saved choice, whichever it is
+        assert p.backend.name.startswith(saved[machine()][model_file])
+    with load(bundle, backend="onnxruntime") as p:  # an explicit backend wins
+        assert p.backend.name.startswith("onnxruntime")
+    assert_clean_error(run_cli("bench", bundle, "--save-choice"), "--save-choice records what --backend all")
+
+
 def test_bench_api_threads_and_duration(demo_fp32):
     from rexport.runtime import load
 

@@ -478,7 +478,7 @@ def bench_cmd(models, **o) -> None:
     """Latency (p50/p90/p99) and throughput of MODELS, and preprocessing time, in one table."""
     from rexport.runtime import load
     from rexport.runtime.bench import BenchConfig, bench
-    from rexport.runtime.predictor import installed_backends
+    from rexport.runtime.backends.choice import installed_backends
     from rexport.runtime.preprocess import is_image_file
 
     try:
@@ -521,7 +521,7 @@ def bench_cmd(models, **o) -> None:
 
 def save_fastest(rows, measured: dict) -> None:
     """bench --save-choice: per bundle, each model's fastest backend at the largest batch measured."""
-    from rexport.runtime.predictor import save_choice
+    from rexport.runtime.backends.choice import save_choice
 
     largest = max(r.batch for r in rows)
     for bundle_dir in dict.fromkeys(where for where, _, _ in measured.values()):

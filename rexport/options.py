@@ -32,7 +32,7 @@ from rexport.runtime.backends.onnxruntime import PROVIDER_ALIASES
 from rexport.runtime.bench import BenchConfig
 from rexport.runtime.compare import Tolerance
 from rexport.runtime.metadata import PRECISIONS
-from rexport.runtime.predictor import BENCH_BACKENDS
+from rexport.runtime.backends.choice import BENCH_BACKENDS
 from rexport.runtime.preprocess import CHANNEL_ORDERS, INTERPOLATIONS
 from rexport.runtime.trt_compat import HARDWARE_COMPATIBILITY
 

@@ -23,6 +23,7 @@ from rexport.console import log
 from rexport.errors import InputError
 from rexport.onnx_file import check_model_path
 from rexport.runtime.backends.base import Backend
+from rexport.runtime.backends.choice import CHOICE_FILE, ENGINE_SUFFIXES, choose_backend, saved_choice
 from rexport.runtime.metadata import BatchRange, ModelInfo
 from rexport.runtime.preprocess import ImageLike, Preprocess, preprocess
 
@@ -217,99 +218,10 @@ def onnx_model_info(backend, path: Path) -> ModelInfo:
     return info
 
 
-BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
-BENCH_BACKENDS = (*BACKENDS, "all")  # bench --backend all: every backend installed here that runs the file
-X86 = ("x86_64", "amd64", "i386", "i686")
-
-
-def choose_backend(path: Path, backend: str = "auto", providers="auto") -> str:
-    """The backend for one model file. "auto": TensorRT for engines; for ONNX, ONNX Runtime when
-    ONNX Runtime providers are named or it has a GPU provider, else OpenVINO on x86 CPUs where it
-    is installed (faster than ONNX Runtime there: benchmarks/README.md), else ONNX Runtime."""
-    if backend not in BACKENDS:
-        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    engine = path.suffix.lower() in (".engine", ".plan", ".trt")
-    if backend != "auto":
-        if engine != (backend == "tensorrt"):
-            raise InputError(f"the {backend} backend cannot run {path.name}: "
-                             + ("engines run on tensorrt" if engine else "tensorrt runs engines; this is an ONNX file"))
-        return backend
-    if engine:
-        return "tensorrt"
-    import importlib.util
-    import platform
-
-    if providers != "auto":  # ONNX Runtime's execution providers were named
-        return "onnxruntime"
-    if importlib.util.find_spec("onnxruntime") is not None:
-        from rexport.runtime.backends.onnxruntime import GPU_PROVIDERS, resolve_providers
-
-        if any(p in GPU_PROVIDERS for p in resolve_providers("auto")):
-            return "onnxruntime"
-    if importlib.util.find_spec("openvino") is not None and platform.machine().lower() in X86:
-        return "openvino"
-    return "onnxruntime"
-
-
-CHOICE_FILE = "backend-choice.json"  # in a bundle directory: what `bench --save-choice` measured fastest, per machine
-
-
-def machine() -> str:
-    """This machine's CPU, as the key of a saved backend choice (a choice holds where it was measured)."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        name = ""
-    return f"{platform.machine()} {name or platform.processor()} {os.cpu_count()} cores".strip()
-
-
-def saved_choice(bundle_root: Path, model_file: str) -> str | None:
-    """The backend `bench --save-choice` recorded for this model on this machine, if any (and valid)."""
-    import json
-
-    try:
-        saved = json.loads((bundle_root / CHOICE_FILE).read_text(encoding="utf-8"))
-        choice = saved["machines"][machine()][model_file]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return choice if choice in BACKENDS[1:] else None
-
-
-def save_choice(bundle_dir: Path, choices: dict[str, str]) -> Path:
-    """Record model file -> fastest backend for this machine in the bundle directory (other
-    machines' choices are kept). Not part of the manifest: a device's measurement, not the bundle's."""
-    import json
-
-    from rexport.files import write_json
-
-    path = bundle_dir / CHOICE_FILE
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        machines = saved["machines"] if isinstance(saved.get("machines"), dict) else {}
-    except (OSError, ValueError, AttributeError):
-        machines = {}
-    machines[machine()] = {**machines.get(machine(), {}), **choices}
-    write_json(path, {"machines": machines}, overwrite=True)
-    return path
-
-
-def installed_backends(path: Path) -> list[str]:
-    """The backends installed here that can run this model file (for `bench --backend all`)."""
-    import importlib.util
-
-    if path.suffix.lower() in (".engine", ".plan", ".trt"):
-        return ["tensorrt"]
-    return [b for b in ("onnxruntime", "openvino") if importlib.util.find_spec(b) is not None]
-
-
 def open_model_file(path: Path, *, backend: str = "auto", providers="auto", threads: int | None = None,
                     device: int = 0) -> tuple[Backend, ModelInfo]:
     """A backend for one model file, and its description."""
-    suffix = path.suffix.lower()
-    if suffix not in (".onnx", ".engine", ".plan", ".trt"):
+    if path.suffix.lower() not in (".onnx", *ENGINE_SUFFIXES):
         raise InputError(f"cannot load {path}: expected a bundle directory or archive, a .onnx or a .engine file")
     chosen = choose_backend(path, backend, providers)
     if chosen == "tensorrt":

@@ -1,1 +1,2 @@
-"""Inference backends behind one small interface (`Backend`): onnxruntime and tensorrt."""
+"""Inference backends behind one small interface (`Backend`): onnxruntime, openvino and tensorrt;
+`choice` says which one runs a model file."""

@@ -11,7 +11,7 @@ import pytest
 
 from rexport.errors import InputError
 from rexport.runtime import load
-from rexport.runtime.predictor import choose_backend
+from rexport.runtime.backends.choice import choose_backend
 
 pytest.importorskip("openvino")
 

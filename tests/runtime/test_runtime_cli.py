@@ -113,7 +113,7 @@ def test_bench_saves_the_fastest_backend_for_auto(run_cli, demo_bundle, tmp_path
     import shutil
 
     from rexport.runtime import load
-    from rexport.runtime.predictor import CHOICE_FILE, machine
+    from rexport.runtime.backends.choice import CHOICE_FILE, machine
 
     bundle = tmp_path / "bundle"
     shutil.copytree(demo_bundle, bundle)

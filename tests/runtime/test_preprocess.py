@@ -334,3 +334,20 @@ def test_jpeg_draft_is_opt_in_close_and_only_for_large_jpegs():
     near = io.BytesIO()
     big.resize((300, 400)).save(near, "JPEG")
     assert np.array_equal(preprocess(near.getvalue(), spec), preprocess(near.getvalue(), spec, draft=True))
+
+
+@pytest.mark.parametrize("channels, shape, mean", [("RGB", (20, 24, 3), (0.485, 0.456, 0.406)),
+                                                   ("BGR", (20, 24, 3), (0.1, 0.2, 0.3)),
+                                                   ("RGB", (20, 24), (0.485, 0.456, 0.406)), ("L", (20, 24), (0.5,))])
+def test_normalize_is_bit_identical_to_the_plain_formula(channels, shape, mean):
+    """normalize() works in place for speed; it must stay (x / max - mean) / std in float32, bit for bit."""
+    from rexport.runtime.preprocess import normalize
+
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    spec = Preprocess(size=shape[:2], resize=None, mean=mean, std=tuple(0.2 + 0.05 * i for i in range(len(mean))),
+                      channels=channels)
+    hwc = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    hwc = hwc[:, :, ::-1] if channels == "BGR" else hwc
+    plain = (hwc.astype(np.float32) / np.float32(255) - np.asarray(mean, np.float32)) / np.asarray(spec.std, np.float32)
+    out = normalize(pixels, spec)
+    assert out.flags["C_CONTIGUOUS"] and np.array_equal(out, plain.transpose(2, 0, 1))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from rexport.console import log
-from rexport.errors import InputError
+from rexport.errors import InputError, RexportError
 from rexport.onnx_file import check_model_path
 from rexport.runtime.backends.base import Backend
 from rexport.runtime.backends.choice import CHOICE_FILE, ENGINE_SUFFIXES, choose_backend, saved_choice
@@ -233,11 +233,19 @@ def open_model_file(path: Path, *, backend: str = "auto", providers="auto", thre
             raise InputError(f"the sidecar of {path} carries no model description (preprocessing, labels); "
                              "build the engine from a rexport ONNX")
         return runner, runner.info
+    runner = None
     if chosen == "openvino":
         from rexport.runtime.backends.openvino import OpenVinoBackend
 
-        runner = OpenVinoBackend(path, threads=threads)
-    else:
+        try:
+            runner = OpenVinoBackend(path, threads=threads)
+        except InputError:  # the file's fault: ONNX Runtime would refuse it too
+            raise
+        except RexportError as e:  # OpenVINO's own limits: auto falls back, a backend asked for does not
+            if backend != "auto":
+                raise
+            log.warning("warning: %s; running it on ONNX Runtime instead", e)
+    if runner is None:
         from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         runner = OnnxRuntimeBackend(path, providers=providers, threads=threads, device=device)

@@ -116,3 +116,20 @@ def test_bundle_selftest_passes_on_openvino(demo_bundle):
         with load(demo_bundle, model=model, backend="openvino") as p:
             report = p.selftest()
             assert report.backend == "openvino CPU" and report.passed, report.format()
+
+
+def test_auto_falls_back_to_onnxruntime_when_openvino_cannot(variants, monkeypatch, caplog):
+    """A model OpenVINO cannot compile (its own limits, not a broken file) still runs under auto,
+    on ONNX Runtime, with a warning; asked for by name, OpenVINO's error stands."""
+    from rexport.errors import RexportError
+    from rexport.runtime.backends import openvino
+
+    def refuse(self, path, **kwargs):
+        raise RexportError(f"OpenVINO cannot compile {path} for CPU: unsupported operation")
+
+    monkeypatch.setattr(openvino.OpenVinoBackend, "__init__", refuse)
+    with caplog.at_level("WARNING", logger="rexport"), load(variants["fp32"]) as p:
+        assert p.backend.name == "onnxruntime CPU"
+    assert "running it on ONNX Runtime instead" in caplog.text
+    with pytest.raises(RexportError, match="unsupported operation"):
+        load(variants["fp32"], backend="openvino")

@@ -56,7 +56,7 @@ Task = namedtuple("Task", "name onnx calib eval card")
 # -- tasks and data --------------------------------------------------------------------------
 def demo_task(work: Path) -> Task:
     """The embedded digits ResNet-20: FP32 export, demo:train as calib.npz, demo:test as eval.npz."""
-    from rexport.calibration import load_calibration_data
+    from rexport.runtime.data import load_dataset
     from rexport.exporter import ExportConfig, export_onnx, load_model
 
     from rexport.demo import data
@@ -69,7 +69,7 @@ def demo_task(work: Path) -> Task:
         info = export_onnx(load_model(data.WEIGHTS_FILE, data.ARCH), onnx_path, ExportConfig(
             arch=data.ARCH, labels=data.LABELS, preprocess=data.demo_preprocess(), overwrite=True)).info
         for path, split in ((calib, "demo:train"), (evaluation, "demo:test")):
-            d = load_calibration_data(split, info, samples=None)
+            d = load_dataset(split, info, samples=None)
             np.savez(path, **{info.input_name: d.inputs, "labels": d.labels})
     return Task("demo_resnet20", onnx_path, calib, evaluation, data.card())
 
@@ -185,7 +185,7 @@ def ort_rows(data: Data, out: Path):
 
 def run_ort(fp32: Path, output: Path, kw: dict, data: Data) -> str:
     from onnxruntime.quantization import (
-        CalibrationDataReader,
+        DatasetReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
@@ -198,7 +198,7 @@ def run_ort(fp32: Path, output: Path, kw: dict, data: Data) -> str:
     quant_pre_process(str(fp32), str(pre))
     pre_seconds = time.monotonic() - start
 
-    class Reader(CalibrationDataReader):  # the calibration subset, 16 samples at a time
+    class Reader(DatasetReader):  # the calibration subset, 16 samples at a time
         def __init__(self):
             self.batches = iter([{data.input_name: data.calib[i:i + 16]} for i in range(0, len(data.calib), 16)])
 

@@ -345,7 +345,7 @@ def shift_digits(pixels: np.ndarray, shift: str, rng: np.random.Generator) -> np
 
 
 def build_digits(d: Path) -> None:
-    from rexport.calibration import load_calibration_data
+    from rexport.runtime.data import load_dataset
     from rexport.runtime.compare import topk_accuracy
     from rexport.runtime.preprocess import Preprocess
 
@@ -355,7 +355,7 @@ def build_digits(d: Path) -> None:
     pre = demo.demo_preprocess()
     exported = _export(demo.WEIGHTS_FILE, d / "model.onnx", demo.ARCH, 32, demo.LABELS, pre)
     shutil.copyfile(demo.WEIGHTS_FILE, d / "model.safetensors")
-    calib = load_calibration_data("demo:train", exported.info, samples=CALIB_SAMPLES, seed=0)
+    calib = load_dataset("demo:train", exported.info, samples=CALIB_SAMPLES, seed=0)
     _save_npz(d / "calib.npz", input=calib.inputs, labels=calib.labels)
 
     test = demo.split("test")

@@ -6,9 +6,7 @@
 """
 
 from rexport.calibration.budget import Budget
-from rexport.calibration.data import CalibrationData, load_calibration_data
 from rexport.calibration.fp16 import Fp16Result, to_fp16
 from rexport.calibration.int8 import QuantizeConfig, QuantizeResult, quantize
 
-__all__ = ["Budget", "CalibrationData", "load_calibration_data", "Fp16Result", "to_fp16", "QuantizeConfig",
-           "QuantizeResult", "quantize"]
+__all__ = ["Budget", "Fp16Result", "to_fp16", "QuantizeConfig", "QuantizeResult", "quantize"]

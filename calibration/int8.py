@@ -22,7 +22,7 @@ import numpy as np
 from rexport.calibration.budget import Budget, BudgetResult, Score, fit_budget
 from rexport.calibration.cache import DEFAULT_TRT_VERSION, write_calibration_cache
 from rexport.calibration.census import Census, census
-from rexport.calibration.data import CalibrationData, load_calibration_data
+from rexport.runtime.data import Dataset, load_dataset
 from rexport.calibration.fp16 import read_model
 from rexport.calibration.observers import METHODS, threshold
 from rexport.calibration.qdq import (SAME_SCALE, TARGETS, QParams, activation_qparams, insert_qdq,
@@ -93,8 +93,8 @@ class QuantizeResult:
     cache_path: Path | None
     info: ModelInfo
     census: Census
-    calibration: CalibrationData
-    validation: CalibrationData
+    calibration: Dataset
+    validation: Dataset
     score: Score  # the final INT8 model against FP32 on the validation data
     budget: BudgetResult
     config: QuantizeConfig
@@ -158,7 +158,7 @@ def activation_params(model, stats: dict[str, TensorStats], method: str, target:
 def _held_out(config: QuantizeConfig, info: ModelInfo, pre, notes: list[str]):
     """Calibration data and held-out scoring data from one source (HOLDOUT samples set aside)."""
     wanted = config.val_samples or HOLDOUT
-    pool = load_calibration_data(config.data, info, samples=config.samples + wanted, seed=config.seed,
+    pool = load_dataset(config.data, info, samples=config.samples + wanted, seed=config.seed,
                                  preprocess=pre)
     if len(pool) < MIN_HOLDOUT_POOL:
         notes.append(f"scored on the calibration data itself ({len(pool)} samples, too few to hold any out): "
@@ -190,8 +190,8 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
     if config.val_data is None:
         calib, val = _held_out(config, info, pre, notes)
     else:
-        calib = load_calibration_data(config.data, info, samples=config.samples, seed=config.seed, preprocess=pre)
-        val = load_calibration_data(config.val_data, info, samples=config.val_samples, seed=config.seed,
+        calib = load_dataset(config.data, info, samples=config.samples, seed=config.seed, preprocess=pre)
+        val = load_dataset(config.val_data, info, samples=config.val_samples, seed=config.seed,
                                     preprocess=pre)
     if config.target == "cpu" and not uses_reduce_range(config.target, config.reduce_range):
         notes.append("weights in [-127, 127] (reduce_range off): x86 CPUs without VNNI saturate int16 sums and "

@@ -304,9 +304,10 @@ def onnx_cmd(checkpoint, **o) -> None:
     payload = {"export": result.to_dict()}
     report.echo(result.format())
     if fp16:
-        from rexport.calibration import load_calibration_data, to_fp16
+        from rexport.calibration import to_fp16
+        from rexport.runtime.data import load_dataset
 
-        inputs = load_calibration_data(calib_data, result.info, samples=64).inputs if calib_data else None
+        inputs = load_dataset(calib_data, result.info, samples=64).inputs if calib_data else None
         converted = to_fp16(output, sibling(output, "fp16"), inputs=inputs, overwrite=force)
         payload["fp16"] = {"output": str(converted.path), "kept_fp32": converted.kept_fp32}
         report.echo(converted.format())
@@ -361,14 +362,15 @@ def fp16_cmd(model, output, calib_data, calib_samples, keep_float, overwrite) ->
 
     Writes MODEL.fp16.onnx unless -o says otherwise. The FP16 range is checked on --calib-data
     (default: random inputs)."""
-    from rexport.calibration import load_calibration_data, to_fp16
+    from rexport.calibration import to_fp16
+    from rexport.runtime.data import load_dataset
     from rexport.calibration.fp16 import read_model
 
     output = output or sibling(model, "fp16")
     Outputs(overwrite, [model, data_path(calib_data)], files={"output": output})
     inputs = None
     if calib_data:
-        inputs = load_calibration_data(calib_data, read_model(model)[1], samples=calib_samples).inputs
+        inputs = load_dataset(calib_data, read_model(model)[1], samples=calib_samples).inputs
     result = to_fp16(model, output, inputs=inputs, keep_float=tuple(keep_float), overwrite=overwrite)
     click.echo(result.format())
 

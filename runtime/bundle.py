@@ -876,9 +876,9 @@ def make_bundle(models: list[str | os.PathLike], output: str | os.PathLike, *, d
     base = next((i for i in infos if i is not None and i.precision == "fp32"), infos[0])
     inputs, images, validation = None, None, None
     if data is not None:
-        from rexport.calibration.data import load_calibration_data
+        from rexport.runtime.data import load_dataset
 
-        inputs = load_calibration_data(data, base, samples=samples).inputs
+        inputs = load_dataset(data, base, samples=samples).inputs
         if Path(data).is_dir():
             images = sorted(p for p in Path(data).rglob("*") if p.is_file() and is_image_file(p))[:4]
         if validate and any(p.suffix == ".onnx" for p in paths):

@@ -188,7 +188,7 @@ def validate(models: list[str | os.PathLike], data: str | None = None, *, checkp
     """Validate ONNX files, engines and bundles on `data` against a reference: PyTorch when a
     checkpoint is given; else, without data, a bundle's stored reference logits on its reference
     inputs; else the FP32 ONNX among the models."""
-    from rexport.calibration.data import load_calibration_data
+    from rexport.runtime.data import load_dataset
 
     if not models:
         raise InputError("give at least one model to validate")
@@ -212,7 +212,7 @@ def validate(models: list[str | os.PathLike], data: str | None = None, *, checkp
             what = f"the {len(inputs)} reference inputs of {stored.root.name}"
         else:
             pre = preprocess.apply(base.preprocess) if preprocess else base.preprocess
-            dataset = load_calibration_data(data, base, samples=samples, seed=seed, preprocess=pre)
+            dataset = load_dataset(data, base, samples=samples, seed=seed, preprocess=pre)
             inputs, labels, what = dataset.inputs, dataset.labels, dataset.describe()
         gates.check_labels(labels)
         outputs, timings = {}, {}

@@ -43,7 +43,7 @@ MIN_AGREEMENT = {"fp32": 0.995, "fp16": 0.99, "int8": 0.97}
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     pytest.importorskip("torch", reason="exporting the demo model needs torch (rexport[export])")
-    from rexport.calibration.data import load_calibration_data
+    from rexport.runtime.data import load_dataset
     from rexport.demo import data
     from rexport.exporter import ExportConfig, ParityConfig, export_onnx, load_model
     from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -52,7 +52,7 @@ def demo(tmp_path_factory):
     exported = export_onnx(load_model(data.WEIGHTS_FILE, data.ARCH), root / "resnet20_digits.onnx",
                            ExportConfig(arch=data.ARCH, labels=data.LABELS, preprocess=data.demo_preprocess(),
                                         parity=ParityConfig(enabled=False)))
-    test = load_calibration_data("demo:test", exported.info, samples=None)
+    test = load_dataset("demo:test", exported.info, samples=None)
     reference = OnnxRuntimeBackend(exported.path, providers=["CPUExecutionProvider"]).run_batched(test.inputs, 32)
     return root, exported.path, test, reference
 

@@ -68,7 +68,8 @@ def _check_output_dir(out: Path) -> None:
 
 
 def run_demo(output: str | Path = "rexport-demo") -> DemoResult:
-    from rexport.calibration import QuantizeConfig, load_calibration_data, quantize, to_fp16
+    from rexport.calibration import QuantizeConfig, quantize, to_fp16
+    from rexport.runtime.data import load_dataset
     from rexport.calibration.qdq import TARGETS
     from rexport.exporter import ExportConfig, ParityConfig, export_onnx, load_model
     from rexport.runtime import load
@@ -90,7 +91,7 @@ def run_demo(output: str | Path = "rexport-demo") -> DemoResult:
             parity=ParityConfig(images=str(tmp / "images"))))
         sections.append(("export to ONNX", exported.format()))
 
-        train = load_calibration_data("demo:train", exported.info, samples=512)
+        train = load_dataset("demo:train", exported.info, samples=512)
         fp16 = to_fp16(fp32, tmp / "resnet20_digits.fp16.onnx", inputs=train.inputs[:64])
         int8 = [quantize(fp32, tmp / f"resnet20_digits.int8-{target}.onnx",
                          QuantizeConfig(data="demo:train", val_data="demo:test", method="entropy", target=target))
@@ -98,7 +99,7 @@ def run_demo(output: str | Path = "rexport-demo") -> DemoResult:
         sections.append(("FP16 and calibrated INT8", "\n".join([fp16.format(), *(q.format() for q in int8)])))
 
         log.info("scoring every form on the held-out images...")
-        test = load_calibration_data("demo:test", exported.info, samples=None)
+        test = load_dataset("demo:test", exported.info, samples=None)
         reference = torch_logits(data.WEIGHTS_FILE, exported.info, test.inputs)
         outputs = {}
         for path, precision in [(fp32, "fp32"), (fp16.path, "fp16"), (int8[0].path, "int8"), (int8[1].path, "int8")]:

@@ -9,7 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import rexport.calibration.fp16 as fp16_module
-from rexport.calibration import load_calibration_data, to_fp16
+from rexport.calibration import to_fp16
+from rexport.runtime.data import load_dataset
 from rexport.calibration.fp16 import nonfinite_layers, read_model
 from rexport.errors import CheckFailed, InputError
 from rexport.runtime.compare import compare
@@ -21,7 +22,7 @@ def run(path, x):
 
 def test_fp16_agrees_with_fp32_on_held_out_digits(demo_fp32, tmp_path):
     _, info = read_model(demo_fp32)
-    test = load_calibration_data("demo:test", info, samples=None)
+    test = load_dataset("demo:test", info, samples=None)
     result = to_fp16(demo_fp32, tmp_path / "m.fp16.onnx", inputs=test.inputs[:64])
     c = compare(run(result.path, test.inputs), run(demo_fp32, test.inputs))
     assert c.top1_agreement >= 0.995 and c.cosine > 0.9999 and c.nonfinite == 0

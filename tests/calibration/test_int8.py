@@ -134,10 +134,10 @@ def test_expected_agreement_predicts_counted_agreement():
 
 
 def test_agreement_floor_works_without_labels(demo_fp32, tmp_path):
-    from rexport.calibration import load_calibration_data
+    from rexport.runtime.data import load_dataset
 
     _, info = read_model(demo_fp32)
-    arrays = load_calibration_data("demo:test", info, samples=None).inputs
+    arrays = load_dataset("demo:test", info, samples=None).inputs
     np.save(tmp_path / "unlabelled.npy", arrays)
     result = quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(
         data="demo:train", val_data=str(tmp_path / "unlabelled.npy"), budget=Budget(min_agreement=0.99)))

@@ -1,7 +1,7 @@
 """PipelineSpy: records what `rexport trt` asks of the rest of rexport, then calls the real code.
 
 exporter/tensorrt.py imports rexport.calibration.to_fp16 / quantize,
-rexport.calibration.data.load_calibration_data and rexport.runtime.validate.validate_backends when
+rexport.runtime.data.load_dataset and rexport.runtime.validate.validate_backends when
 it needs them. The spy replaces those module attributes (monkeypatch restores them) with wrappers
 that record each call, its arguments bound to the real signature (defaults filled in), and its
 result or exception, and otherwise return what the real function returned. Nothing is faked: the
@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import rexport.calibration
-import rexport.calibration.data
+import rexport.runtime.data
 import rexport.runtime.validate
 
 SPIED = {"to_fp16": rexport.calibration, "quantize": rexport.calibration,
-         "load_calibration_data": rexport.calibration.data, "validate_backends": rexport.runtime.validate}
+         "load_dataset": rexport.runtime.data, "validate_backends": rexport.runtime.validate}
 
 
 @dataclass

@@ -28,7 +28,7 @@ from doubles.fake_tensorrt import SURFACES, FakeTensorRT, hide_tensorrt, plan_on
 from doubles.fixtures import assert_clean, make_trt, pipeline, tiny, tiny_data, tiny_models, trt  # noqa: F401
 from helpers import assert_clean_error, env_without
 from rexport.calibration.cache import version_int
-from rexport.calibration.data import load_calibration_data
+from rexport.runtime.data import load_dataset
 from rexport.errors import CheckFailed, CompatibilityError, InputError, MissingDependency, RexportError
 from rexport.exporter.tensorrt import (DEFAULT_AGREEMENT, BuildConfig, build_engine, default_engine_name, parse_bytes,
                                        parse_shapes)
@@ -552,9 +552,9 @@ def test_legacy_calibrator_feeds_batches_and_writes_the_cache(tmp_path, make_trt
     assert record.calibration_profile == {"input": ((batch, 3, 8, 8),) * 3}
     assert len(record.calibration_batches) == 12 // batch
     fed = np.concatenate(record.calibration_batches)
-    loaded = pipeline.calls_to("load_calibration_data")[0]
+    loaded = pipeline.calls_to("load_dataset")[0]
     assert (loaded["source"], loaded["samples"], loaded["seed"]) == (str(tiny_data), 12, 0)
-    expected = load_calibration_data(tiny_data, result.sidecar.model, samples=12, seed=0).inputs
+    expected = load_dataset(tiny_data, result.sidecar.model, samples=12, seed=0).inputs
     np.testing.assert_array_equal(fed, expected)  # the exact samples, through "device" memory
     assert "quantize" not in pipeline.names()
     assert cache.read_text().startswith("TRT-100300-EntropyCalibration2\ninput: ")

@@ -1,5 +1,5 @@
 """Fuzz the array loaders: calibration/validation data from .npy and .npz
-(rexport.calibration.data.load_calibration_data: generated headers with any dtype, shape and
+(rexport.runtime.data.load_dataset: generated headers with any dtype, shape and
 order, any values, labels of any type, damaged files), the activation statistics cache
 (calibration.stats._load, which must never fail a calibration) and the TensorRT calibration
 cache text (calibration.cache.read_calibration_cache). Property and settings: fuzz_support, conftest."""
@@ -16,7 +16,7 @@ from fuzz_support import Seeds, fuzz_settings, mutated, mutations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rexport.calibration.data import CalibrationData, load_calibration_data
+from rexport.runtime.data import Dataset, load_dataset
 from rexport.runtime.metadata import ModelInfo
 from rexport.runtime.preprocess import Preprocess
 
@@ -26,7 +26,7 @@ SAMPLES = st.sampled_from((None, 1, 3, 512))
 
 
 def check_data(data, samples) -> None:
-    assert isinstance(data, CalibrationData)
+    assert isinstance(data, Dataset)
     x = data.inputs
     assert x.dtype == np.float32 and x.ndim == 4 and x.shape[1:] == INFO.input_shape, (x.dtype, x.shape)
     assert 1 <= len(x) <= (samples or len(x))
@@ -38,7 +38,7 @@ def check_data(data, samples) -> None:
 
 
 def load_data(ws, path, samples) -> None:
-    ws.attempt(lambda: load_calibration_data(path, INFO, samples=samples), close=lambda d: check_data(d, samples))
+    ws.attempt(lambda: load_dataset(path, INFO, samples=samples), close=lambda d: check_data(d, samples))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_seeds_load(ws, seeds):
     for name, blob in seeds.items():
         path = ws.seeds / name
         path.write_bytes(blob)
-        check_data(load_calibration_data(path, INFO, samples=4), 4)
+        check_data(load_dataset(path, INFO, samples=4), 4)
 
 
 @fuzz_settings(80)

@@ -1,7 +1,7 @@
 """Fuzz the image loader (rexport.runtime.preprocess: open_image, then the model's preprocessing)
 on mutated PNG/JPEG files, on images PIL writes in every mode and format it has (then damaged),
 on PNG headers that claim any size, by path and as bytes; and image folders as calibration data
-(rexport.calibration.data, which skips unreadable images). Property and settings: fuzz_support,
+(rexport.runtime.data, which skips unreadable images). Property and settings: fuzz_support,
 conftest."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from rexport.calibration.data import CalibrationData, load_calibration_data
+from rexport.runtime.data import Dataset, load_dataset
 from rexport.runtime.metadata import ModelInfo
 from rexport.runtime.preprocess import Preprocess, preprocess_one
 
@@ -127,7 +127,7 @@ INFO = ModelInfo(num_classes=3, input_shape=(3, 8, 8), preprocess=Preprocess.cif
 
 
 def check_folder_data(data) -> None:
-    assert isinstance(data, CalibrationData)
+    assert isinstance(data, Dataset)
     assert data.inputs.dtype == np.float32 and data.inputs.shape[1:] == (3, 8, 8) and len(data.inputs) >= 1
     assert np.isfinite(data.inputs).all()
     if data.labels is not None:
@@ -148,4 +148,4 @@ def test_image_folder(ws, seeds, data, layout):
                 blob = data.draw(mutations(len(blob), hot=512), label=f"mutation {i}").apply(blob)
             (root / cls).mkdir(parents=True, exist_ok=True)
             (root / cls / f"{i}{Path(name).suffix}").write_bytes(blob)
-        ws.attempt(lambda: load_calibration_data(root, INFO, samples=3), close=check_folder_data)
+        ws.attempt(lambda: load_dataset(root, INFO, samples=3), close=check_folder_data)

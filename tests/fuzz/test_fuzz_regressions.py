@@ -170,11 +170,11 @@ def _info():
      "truncated or damaged"),  # numpy's RuntimeWarning (overflow) from memmap
 ])
 def test_npy_header(tmp_path, header, fragment):
-    from rexport.calibration.data import load_calibration_data
+    from rexport.runtime.data import load_dataset
 
     path = tmp_path / "data.npy"
     path.write_bytes(_npy(header))
-    refused(lambda: load_calibration_data(path, _info(), samples=3), fragment)
+    refused(lambda: load_dataset(path, _info(), samples=3), fragment)
 
 
 def test_damaged_stats_cache_entry_leaks_no_file(tmp_path):
@@ -251,7 +251,7 @@ def test_inputs_near_the_float32_limit(tmp_path):
     """Finite float32 inputs near 3.4e38: the data check's std() overflowed in float32 (numpy RuntimeWarning)."""
     import numpy as np
 
-    from rexport.calibration.data import load_calibration_data
+    from rexport.runtime.data import load_dataset
 
     path = tmp_path / "data.npy"
     x = np.zeros((2, 3, 8, 8), np.float32)
@@ -259,7 +259,7 @@ def test_inputs_near_the_float32_limit(tmp_path):
     np.save(path, x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert len(load_calibration_data(path, _info(), samples=None)) == 2
+        assert len(load_dataset(path, _info(), samples=None)) == 2
 
 
 def test_float8_checkpoint(tmp_path):

@@ -31,10 +31,10 @@ def variants(demo_fp32, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits(demo_fp32):
-    from rexport.calibration import load_calibration_data
+    from rexport.runtime.data import load_dataset
     from rexport.calibration.fp16 import read_model
 
-    return load_calibration_data("demo:test", read_model(demo_fp32)[1], samples=None).inputs
+    return load_dataset("demo:test", read_model(demo_fp32)[1], samples=None).inputs
 
 
 @pytest.mark.parametrize("precision, atol", [("fp32", 1e-4), ("fp16", 1e-2), ("int8-cpu", 0.5), ("int8-trt", 0.5)])

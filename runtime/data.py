@@ -1,4 +1,6 @@
-"""Calibration and validation data: images or arrays -> preprocessed NCHW float32 batches.
+"""Datasets: images or arrays -> preprocessed NCHW float32 batches, for everyone who reads data:
+calibration, validation, parity images, bundle references, TensorRT validation. It lives in the
+runtime (numpy and Pillow only), so the runtime never reaches back into calibration for it.
 
 Sources
 - a directory of images: ImageNet-style class subfolders (labelled) or flat (unlabelled);
@@ -36,7 +38,7 @@ from rexport.runtime.preprocess import Preprocess, is_image_file, preprocess_one
 
 
 @dataclass
-class CalibrationData:
+class Dataset:
     inputs: np.ndarray  # N x C x H x W float32, preprocessed
     labels: np.ndarray | None  # N class indices, when the source has them
     source: str
@@ -61,7 +63,7 @@ class CalibrationData:
                              "or an agreement floor instead of an accuracy budget")
         return self.labels
 
-    def split(self, count: int, seed: int = 0, keep: int | None = None) -> tuple[CalibrationData, CalibrationData]:
+    def split(self, count: int, seed: int = 0, keep: int | None = None) -> tuple[Dataset, Dataset]:
         """(at most `keep` of the rest, `count` samples held out), the held-out ones seeded and class-balanced."""
         labels = None if self.labels is None else self.labels.tolist()
         held = set(_pick(len(self), labels, count, seed + 1))
@@ -69,8 +71,8 @@ class CalibrationData:
         rest = [rest[j] for j in sorted(_pick(len(rest), labels and [labels[i] for i in rest], keep, seed + 2))]
         held_idx = sorted(held)
 
-        def part(idx: list[int], source: str) -> CalibrationData:
-            return CalibrationData(self.inputs[idx], None if self.labels is None else self.labels[idx], source,
+        def part(idx: list[int], source: str) -> Dataset:
+            return Dataset(self.inputs[idx], None if self.labels is None else self.labels[idx], source,
                                    self.skipped, self.warnings)
         return part(rest, self.source), part(held_idx, f"{self.source}, held out from calibration")
 
@@ -81,8 +83,8 @@ class CalibrationData:
         return text
 
 
-def load_calibration_data(source: str | os.PathLike, info: ModelInfo, *, samples: int | None = 512, seed: int = 0,
-              preprocess: Preprocess | None = None) -> CalibrationData:
+def load_dataset(source: str | os.PathLike, info: ModelInfo, *, samples: int | None = 512, seed: int = 0,
+              preprocess: Preprocess | None = None) -> Dataset:
     """Read `source` for a model described by `info`; at most `samples` samples (None: all)."""
     if samples is not None and samples < 1:
         raise InputError(f"the number of samples must be at least 1, not {samples}")
@@ -107,7 +109,7 @@ def load_calibration_data(source: str | os.PathLike, info: ModelInfo, *, samples
     return data
 
 
-def _demo(text: str, info: ModelInfo, pre: Preprocess) -> CalibrationData:
+def _demo(text: str, info: ModelInfo, pre: Preprocess) -> Dataset:
     from rexport.demo import data as demo
 
     split = text.partition(":")[2] or "train"
@@ -117,7 +119,7 @@ def _demo(text: str, info: ModelInfo, pre: Preprocess) -> CalibrationData:
         raise InputError(f"unknown demo split {split!r}; use demo:train or demo:test") from None
     if info.num_classes != len(demo.LABELS):
         raise InputError(f"the demo dataset has 10 classes but the model has {info.num_classes}")
-    return CalibrationData(demo.to_batch(part.images, pre), part.labels.copy(), f"demo:{split}")
+    return Dataset(demo.to_batch(part.images, pre), part.labels.copy(), f"demo:{split}")
 
 
 def _class_index(names: list[str], info: ModelInfo) -> dict[str, int] | None:
@@ -132,7 +134,7 @@ def _class_index(names: list[str], info: ModelInfo) -> dict[str, int] | None:
     return None
 
 
-def _folder(root: Path, info: ModelInfo, pre: Preprocess, samples: int | None, seed: int) -> CalibrationData:
+def _folder(root: Path, info: ModelInfo, pre: Preprocess, samples: int | None, seed: int) -> Dataset:
     files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
     if not files:
         raise InputError(f"{root} holds no images (.jpg, .png, .bmp, ...); give a folder of images")
@@ -154,7 +156,7 @@ def _folder(root: Path, info: ModelInfo, pre: Preprocess, samples: int | None, s
     if not arrays:
         raise InputError(f"none of the {len(chosen)} images read from {root} could be decoded "
                          f"(e.g. {skipped[0]}); check the files")
-    return CalibrationData(np.stack(arrays), np.array([labels[i] for i in kept]) if labels else None,
+    return Dataset(np.stack(arrays), np.array([labels[i] for i in kept]) if labels else None,
                            str(root), skipped)
 
 
@@ -167,7 +169,7 @@ KINDS = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "byte str
          "M": "dates", "m": "time spans", "O": "Python objects"}
 
 
-def _arrays(path: Path, info: ModelInfo, pre: Preprocess, samples: int | None, seed: int) -> CalibrationData:
+def _arrays(path: Path, info: ModelInfo, pre: Preprocess, samples: int | None, seed: int) -> Dataset:
     """A .npy or .npz (told apart by content, not name), reading only the samples used."""
     try:
         with open(path, "rb") as f:
@@ -257,7 +259,7 @@ class _Member:
 
 
 def _select(where: str, shape: tuple[int, ...], dtype: np.dtype, rows, labels: _Member | None, info: ModelInfo,
-            pre: Preprocess, samples: int | None, seed: int) -> CalibrationData:
+            pre: Preprocess, samples: int | None, seed: int) -> Dataset:
     """Check the inputs' shape and type and the labels, then read the chosen samples only."""
     if dtype.kind != "f" and dtype != np.uint8:
         what = KINDS.get(dtype.kind, f"{dtype} integers" if dtype.kind in "iu" else str(dtype))
@@ -283,7 +285,7 @@ def _select(where: str, shape: tuple[int, ...], dtype: np.dtype, rows, labels: _
         if beyond.any():
             raise InputError(f"{where} holds values beyond the float32 range (e.g. {wide[beyond].flat[0]:g}); "
                              "the model takes float32 inputs: check the preprocessing")
-    return CalibrationData(np.ascontiguousarray(x), None if y is None else y[chosen], where)
+    return Dataset(np.ascontiguousarray(x), None if y is None else y[chosen], where)
 
 
 def _labels(member: _Member, n: int, where: str, info: ModelInfo) -> np.ndarray:
@@ -338,15 +340,15 @@ def _pick(n: int, labels: list[int] | None, samples: int | None, seed: int) -> l
     return sorted(chosen)
 
 
-def _subsample(data: CalibrationData, samples: int | None, seed: int) -> CalibrationData:
+def _subsample(data: Dataset, samples: int | None, seed: int) -> Dataset:
     if samples is None or len(data) <= samples:
         return data
     idx = _pick(len(data), None if data.labels is None else data.labels.tolist(), samples, seed)
-    return CalibrationData(data.inputs[idx], None if data.labels is None else data.labels[idx], data.source,
+    return Dataset(data.inputs[idx], None if data.labels is None else data.labels[idx], data.source,
                            data.skipped, data.warnings)
 
 
-def _check(data: CalibrationData, info: ModelInfo) -> None:
+def _check(data: Dataset, info: ModelInfo) -> None:
     x = data.inputs
     if len(x) == 0:
         raise InputError(f"{data.source} holds no samples")

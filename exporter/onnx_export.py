@@ -309,9 +309,9 @@ def check_parity(model: torch.nn.Module, onnx_path: str | os.PathLike, info: Mod
     inputs = [("random", rng.standard_normal((n, *info.input_shape), dtype=np.float32)) for n in sizes]
     report = ParityReport(config.tolerance)
     if config.images:
-        from rexport.calibration.data import load_calibration_data
+        from rexport.runtime.data import load_dataset
 
-        data = load_calibration_data(config.images, info, samples=config.max_images, seed=config.seed)
+        data = load_dataset(config.images, info, samples=config.max_images, seed=config.seed)
         images, report.skipped_images = data.inputs, data.skipped
         # the first n images at each batch size, repeated cyclically when there are fewer
         inputs += [("images", np.resize(images, (n, *images.shape[1:]))) for n in sizes]

@@ -127,9 +127,9 @@ def legacy_calibrator(compat: TensorRT, builder: Any, builder_config: Any, confi
         if info is None:
             raise InputError("the ONNX has no rexport metadata, so calibration images cannot be preprocessed; "
                              "export it with `rexport onnx`")
-        from rexport.calibration.data import load_calibration_data
+        from rexport.runtime.data import load_dataset
 
-        inputs = load_calibration_data(config.calib_data, info, samples=config.calib_samples, seed=config.seed).inputs
+        inputs = load_dataset(config.calib_data, info, samples=config.calib_samples, seed=config.seed).inputs
     if len(shapes) != 1:
         raise InputError(f"the legacy calibrator handles models with one input, not {len(shapes)}")
     (name, (lo, opt, hi)), = shapes.items()

@@ -113,9 +113,9 @@ def prepare_onnx(source: OnnxSummary, plan: PrecisionPlan, config: BuildConfig, 
         inputs = None
         data = config.calib_data or config.val_data
         if data is not None and source.info is not None:  # check the FP16 range on real samples
-            from rexport.calibration.data import load_calibration_data
+            from rexport.runtime.data import load_dataset
 
-            inputs = load_calibration_data(data, source.info, samples=64, seed=config.seed).inputs
+            inputs = load_dataset(data, source.info, samples=64, seed=config.seed).inputs
         log.info("converting %s to FP16...", source.path.name)
         return Path(to_fp16(source.path, work / f"{stem}.fp16.onnx", inputs=inputs, overwrite=True).path), None
     if plan.how == "quantize":

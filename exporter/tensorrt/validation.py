@@ -17,7 +17,7 @@ from rexport.runtime.metadata import ModelInfo
 
 def validation_inputs(config: BuildConfig, info: ModelInfo | None, shape: tuple[int, ...],
                       count: int) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Inputs for validation: val_data (else calib_data) through load_calibration_data, else random."""
+    """Inputs for validation: val_data (else calib_data) through load_dataset, else random."""
     source = config.val_data or config.calib_data
     if source is None:
         rng = np.random.default_rng(config.seed)
@@ -25,9 +25,9 @@ def validation_inputs(config: BuildConfig, info: ModelInfo | None, shape: tuple[
     if info is None:
         raise field_error(config, f"{source} cannot be preprocessed without the model's rexport metadata; leave "
                           "out val_data to validate on random inputs", "val_data")
-    from rexport.calibration.data import load_calibration_data
+    from rexport.runtime.data import load_dataset
 
-    data = load_calibration_data(source, info, samples=count, seed=config.seed)
+    data = load_dataset(source, info, samples=count, seed=config.seed)
     return np.asarray(data.inputs, dtype=np.float32)[:count], getattr(data, "labels", None), str(source)
 
 

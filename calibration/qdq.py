@@ -145,14 +145,14 @@ def residual_adds(model) -> dict[str, tuple[str, str]]:
     return out
 
 
-def fold_relus(model, sources: set[str]) -> set[str]:
+def fold_relus(model, sources: set[str]) -> None:
     """cpu target: remove a Relu that alone reads the output of one of the `sources` (int8 Conv/Add
-    nodes, whose output is quantized), giving that node the Relu's output name. Returns the names of
-    tensors that must quantize with zero point 0 (which clamps exactly like the Relu)."""
+    nodes, whose output is quantized), giving that node the Relu's output name: that tensor's
+    zero point is 0 (calibrated after the Relu), which clamps exactly like the Relu."""
     read_by = consumers(model.graph)
     graph_outputs = {o.name for o in model.graph.output}
     made_by = producers(model.graph)
-    folded, drop = set(), []
+    drop = []
     for relu in model.graph.node:
         if relu.op_type != "Relu":
             continue
@@ -161,11 +161,9 @@ def fold_relus(model, sources: set[str]) -> set[str]:
                 or len(read_by[relu.input[0]]) != 1 or relu.input[0] in graph_outputs):
             continue
         src.output[0] = relu.output[0]
-        folded.add(relu.output[0])
         drop.append(relu)
     for relu in drop:
         model.graph.node.remove(relu)
-    return folded
 
 
 class _Builder:

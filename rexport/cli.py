@@ -493,7 +493,7 @@ def bench_cmd(models, **o) -> None:
     images = o["images"]
     files = sorted(p for p in Path(images).rglob("*") if is_image_file(p))[:32] if images else None
     if images and not files:
-        raise InputError(f"--images {images} holds no images")
+        raise InputError(f"{flag('images')} {images} holds no images")
     if o["save_choice"] and (o["backend"] != "all" or not all(Path(m).is_dir() for m in models)):
         raise InputError(f"{flag('save_choice')} records what {flag('backend')} all measures on bundle directories; "
                          f"give {flag('backend')} all and bundle directories (not archives or single files)")
@@ -505,9 +505,7 @@ def bench_cmd(models, **o) -> None:
                 predictors[name] = load(m, model=o["model"], backend=o["backend"], providers=o["providers"],
                                         threads=o["threads"])
                 continue
-            with load(m, model=o["model"]) as probe:  # the file a bundle's --model names
-                backends = installed_backends(probe.model_file)
-            for backend in backends:
+            for backend in installed_backends(model_file(m, o["model"])):
                 loaded = load(m, model=o["model"], backend=backend, providers=o["providers"], threads=o["threads"])
                 predictors[f"{name} [{loaded.backend.name}]"] = loaded
                 measured[f"{name} [{loaded.backend.name}]"] = (Path(m), loaded.model_file.name, backend)
@@ -519,6 +517,19 @@ def bench_cmd(models, **o) -> None:
     report.echo(result.format())
     if o["save_choice"]:
         save_fastest(result.rows, measured)
+
+
+def model_file(path: str, model: str | None) -> Path:
+    """The model file `load(path, model=model)` would run, read off a bundle's manifest (no model loaded)."""
+    from rexport.runtime.bundle import is_bundle, open_bundle
+
+    if not is_bundle(Path(path)):
+        return Path(path)
+    bundle = open_bundle(path)
+    try:
+        return Path(bundle.model_file(model).name)
+    finally:
+        bundle.cleanup()
 
 
 def save_fastest(rows, measured: dict) -> None:

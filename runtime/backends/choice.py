@@ -60,7 +60,8 @@ def machine() -> str:
 
 
 def saved_choice(bundle_root: Path, model_file: str) -> str | None:
-    """The backend `bench --save-choice` recorded for this model on this machine, if any (and valid)."""
+    """The backend `bench --save-choice` recorded for this model on this machine, if any, valid and
+    still installed here."""
     import json
 
     try:
@@ -68,7 +69,7 @@ def saved_choice(bundle_root: Path, model_file: str) -> str | None:
         choice = saved["machines"][machine()][model_file]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return choice if choice in BACKENDS[1:] else None
+    return choice if choice in installed_backends(bundle_root / model_file) else None
 
 
 def save_choice(bundle_dir: Path, choices: dict[str, str]) -> Path:

@@ -31,11 +31,15 @@ from rexport.runtime.backends.base import Backend
 from rexport.runtime.metadata import GraphIO
 
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
-DEVICES = ("CPU", "GPU", "NPU")  # what rexport passes through; "GPU" and "NPU" are untested here
 
 
 def _openvino():
     return require("openvino", "openvino", "run models with OpenVINO")
+
+
+def _said(e: Exception) -> str:
+    """OpenVINO's message on one line, cut short (its errors carry source paths and stack lines)."""
+    return " ".join(str(e).split())[:300]
 
 
 class OpenVinoBackend(Backend):
@@ -59,17 +63,17 @@ class OpenVinoBackend(Backend):
             reason = explain_unloadable(path, str(e))
             if reason:
                 raise InputError(reason) from None
-            raise RexportError(f"OpenVINO cannot load {path}: {' '.join(str(e).split())[:300]}") from None
+            raise RexportError(f"OpenVINO cannot load {path}: {_said(e)}") from None
         if len(read.inputs) != 1:
             raise InputError(f"expected a model with one image input, found {len(read.inputs)} inputs")
         self._metadata = _metadata(read)
-        static = ()
+        static, dynamic = (), read.inputs[0].get_partial_shape()[0].is_dynamic
         if batch is None and "num_classes" in self._metadata:  # rexport's ONNX: its batch range
             from rexport.runtime.metadata import ModelInfo
 
             info = ModelInfo.from_props(self._metadata)
             batch, static = (info.batch.min, info.batch.max), (info.batch.min, info.batch.opt)
-        if batch is not None and read.inputs[0].get_partial_shape()[0].is_dynamic:
+        if batch is not None and dynamic:
             shape = read.inputs[0].get_partial_shape()
             shape[0] = ov.Dimension(int(batch[0]), int(batch[1]))
             read.reshape({read.inputs[0].get_any_name(): shape})
@@ -86,7 +90,7 @@ class OpenVinoBackend(Backend):
         self.name = f"openvino {device}"
         self._lock = threading.Lock()
         self._compiled = {None: self._compile(None)}  # batch size -> compiled model; None: any in range
-        self._static = {int(n) for n in static if read.inputs[0].get_partial_shape()[0].is_dynamic}
+        self._static = {int(n) for n in static} if dynamic else set()
         self._graph_io = _graph_io(read)
         self.input_name = self._graph_io[0][0].name
         self.output_name = self._graph_io[1][0].name
@@ -106,8 +110,7 @@ class OpenVinoBackend(Backend):
         try:
             return self._core.compile_model(model, self.device, self._config)
         except Exception as e:
-            raise RexportError(f"OpenVINO cannot compile {self._path} for {self.device}: "
-                               f"{' '.join(str(e).split())[:300]}") from None
+            raise RexportError(f"OpenVINO cannot compile {self._path} for {self.device}: {_said(e)}") from None
 
     def _request(self, size: int):
         """This thread's infer request for a batch of `size`: the static model for the sizes the
@@ -139,7 +142,7 @@ class OpenVinoBackend(Backend):
             request.infer({0: x}, share_inputs=True)  # x is ours until infer returns: no copy
         except RuntimeError as e:
             raise InputError(f"OpenVINO ({self.device}) could not run the model on a {'x'.join(map(str, x.shape))} "
-                             f"input ({' '.join(str(e).split())[:300]}); re-export it with `rexport onnx`") from None
+                             f"input ({_said(e)}); re-export it with `rexport onnx`") from None
         return np.array(request.get_output_tensor(0).data, copy=True)
 
     @property

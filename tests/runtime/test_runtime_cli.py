@@ -131,6 +131,10 @@ def test_bench_saves_the_fastest_backend_for_auto(run_cli, demo_bundle, tmp_path
     (bundle / CHOICE_FILE).write_text(json.dumps({"machines": saved}))
     with load(bundle) as p:  # auto follows the saved choice, whichever it is
         assert p.backend.name.startswith(saved[machine()][model_file])
+    saved[machine()][model_file] = "tensorrt"  # a backend that cannot run this file (or is not installed): ignored
+    (bundle / CHOICE_FILE).write_text(json.dumps({"machines": saved}))
+    with load(bundle) as p:
+        assert not p.backend.name.startswith("tensorrt")
     with load(bundle, backend="onnxruntime") as p:  # an explicit backend wins
         assert p.backend.name.startswith("onnxruntime")
     assert_clean_error(run_cli("bench", bundle, "--save-choice"), "--save-choice records what --backend all")

@@ -128,7 +128,8 @@ def prepare_data(task, input_name: str, out: Path, samples: int) -> Data:
 def rexport_rows(data: Data, out: Path, methods: list[str], ablation: bool = False, budget: bool = True):
     """(name, config kwargs) of rexport's rows: each method x target, then the budget per target;
     with `ablation`, the default method with each refinement alone and each one left out."""
-    from rexport.calibration import Budget, QuantizeConfig
+    from rexport.calibration import QuantizeConfig
+    from rexport.runtime.gates import Gates
 
     defaults = {f.name: f.default for f in dataclasses.fields(QuantizeConfig)}
     default = defaults["method"]
@@ -158,7 +159,7 @@ def rexport_rows(data: Data, out: Path, methods: list[str], ablation: bool = Fal
     for target in ("trt", "cpu") if budget else ():
         rows.append((f"rexport budget {100 * BUDGET:g}% {target}",
                      {**common, "method": default, "target": target, "val_data": str(data.budget_path),
-                      "budget": Budget(min_agreement=BUDGET)}, out / f"rexport-budget-{target}.onnx"))
+                      "budget": Gates(min_agreement=BUDGET)}, out / f"rexport-budget-{target}.onnx"))
     return rows
 
 

@@ -5,8 +5,7 @@
     to_fp16("model.onnx", "model.fp16.onnx")
 """
 
-from rexport.calibration.budget import Budget
 from rexport.calibration.fp16 import Fp16Result, to_fp16
 from rexport.calibration.int8 import QuantizeConfig, QuantizeResult, quantize
 
-__all__ = ["Budget", "Fp16Result", "to_fp16", "QuantizeConfig", "QuantizeResult", "quantize"]
+__all__ = ["Fp16Result", "to_fp16", "QuantizeConfig", "QuantizeResult", "quantize"]

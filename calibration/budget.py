@@ -26,33 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rexport.console import log, progress
-from rexport.errors import field_error
 from rexport.runtime.compare import compare, topk_accuracy
-
-
-@dataclass(frozen=True)
-class Budget:
-    max_top1_drop: float | None = None  # percentage points
-    min_agreement: float | None = None  # fraction of samples, 0..1
-
-    def __post_init__(self) -> None:
-        if self.max_top1_drop is not None and self.max_top1_drop < 0:
-            raise field_error(self, f"max_top1_drop must be >= 0 points, not {self.max_top1_drop}", "max_top1_drop")
-        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
-            raise field_error(self, f"min_agreement must be a fraction between 0 and 1, not {self.min_agreement}",
-                              "min_agreement")
-
-    @property
-    def active(self) -> bool:
-        return self.max_top1_drop is not None or self.min_agreement is not None
-
-    def describe(self) -> str:
-        parts = []
-        if self.max_top1_drop is not None:
-            parts.append(f"top-1 drop <= {self.max_top1_drop:g} points")
-        if self.min_agreement is not None:
-            parts.append(f"top-1 agreement >= {100 * self.min_agreement:g}%")
-        return " and ".join(parts) or "none"
+from rexport.runtime.gates import Gates
 
 
 @dataclass
@@ -69,13 +44,8 @@ class Score:
         """In percentage points."""
         return None if self.top1 is None else 100 * (self.reference_top1 - self.top1)
 
-    def meets(self, budget: Budget) -> bool:
-        ok = True
-        if budget.max_top1_drop is not None:
-            ok &= self.top1_drop is not None and self.top1_drop <= budget.max_top1_drop + 1e-9
-        if budget.min_agreement is not None:
-            ok &= self.agreement >= budget.min_agreement - 1e-12
-        return ok
+    def meets(self, budget: Gates) -> bool:
+        return not budget.failures(self.top1_drop, self.agreement)
 
     def to_dict(self) -> dict:
         return {"agreement": self.agreement, "top1": self.top1, "fp32_top1": self.reference_top1,
@@ -122,12 +92,10 @@ class BudgetResult:
 
 
 def fit_budget(layers: list[str], evaluate: Callable[[frozenset[str]], np.ndarray], reference: np.ndarray,
-               labels: np.ndarray | None, budget: Budget, macs: dict[str, int] | None = None) -> BudgetResult:
+               labels: np.ndarray | None, budget: Gates, macs: dict[str, int] | None = None) -> BudgetResult:
     """`evaluate(keep_float)` returns the INT8 model's logits with those layers in float; `macs`
     gives each layer's multiply-accumulates (missing: all cost the same)."""
-    if budget.max_top1_drop is not None and labels is None:
-        raise field_error(budget, "max_top1_drop needs labelled validation data; give class folders or an .npz with "
-                          "labels, or use min_agreement", "max_top1_drop", "min_agreement")
+    budget.check_labels(labels)
     result = BudgetResult()
     all_int8 = evaluate(frozenset())
     current = score(all_int8, reference, labels)

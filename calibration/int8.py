@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rexport.calibration.budget import Budget, BudgetResult, Score, fit_budget
+from rexport.calibration.budget import BudgetResult, Score, fit_budget
 from rexport.calibration.cache import DEFAULT_TRT_VERSION, write_calibration_cache
 from rexport.calibration.census import Census, census
 from rexport.runtime.data import Dataset, load_dataset
@@ -36,6 +36,7 @@ HOLDOUT = 256  # samples held out of the calibration data to score on, when no -
 MIN_HOLDOUT_POOL = 64  # with fewer samples than this, score on the calibration data (and say so)
 AGREEMENT_FLOOR = 0.90  # below this top-1 agreement with FP32 the report warns
 from rexport.errors import CheckFailed, InputError, field_error
+from rexport.runtime.gates import Gates
 from rexport.files import atomic_output, check_output
 from rexport.onnx_graph import onnx_module, producers
 from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -60,7 +61,7 @@ class QuantizeConfig:
     preprocess: PreprocessOverrides | None = None
     val_data: str | None = None  # scores and the budget use this; default: the calibration data
     val_samples: int | None = None
-    budget: Budget = Budget()
+    budget: Gates = Gates()
     refine: tuple[str, ...] = REFINEMENTS  # after calibration: ranges, gptq, bias (refine.py); () for none
     keep_float: tuple[str, ...] = ()
     cache: str | None = None  # TensorRT 10 calibration cache path; default OUTPUT with .cache (trt target)

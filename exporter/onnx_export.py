@@ -31,7 +31,8 @@ from rexport.exporter import DEFAULT_OPSET, EXPORTERS
 from rexport.exporter.checkpoint import Checkpoint, LoadedModel, load_model
 from rexport.files import atomic_output, check_output
 from rexport.onnx_graph import consumers, fold_constants, producers
-from rexport.runtime.compare import Comparison, Tolerance, compare
+from rexport.runtime.compare import Comparison, compare
+from rexport.runtime.gates import Tolerance
 from rexport.runtime.metadata import BatchRange, ModelInfo
 from rexport.runtime.preprocess import Preprocess, PreprocessOverrides
 

@@ -233,10 +233,11 @@ def preprocess_overrides(o: dict):
 
 def quantize_config(o: dict, **extra):
     """The QuantizeConfig of `rexport calibrate` and `rexport onnx --int8`."""
-    from rexport.calibration import Budget, QuantizeConfig
+    from rexport.calibration import QuantizeConfig
+    from rexport.runtime.gates import Gates
     from rexport.calibration.refine import parse_refinements
 
-    return fill(QuantizeConfig, o, refine=parse_refinements(o["calib_refine"]), budget=fill(Budget, o), **extra)
+    return fill(QuantizeConfig, o, refine=parse_refinements(o["calib_refine"]), budget=fill(Gates, o), **extra)
 
 
 def sibling(path: str | Path, tag: str) -> Path:
@@ -282,7 +283,7 @@ def onnx_cmd(checkpoint, **o) -> None:
         raise InputError("--int8 needs --calib-data (an image folder, .npy/.npz or demo)")
     from rexport.exporter import ExportConfig, ParityConfig, export_onnx, load_checkpoint
     from rexport.exporter.checkpoint import detect_arch
-    from rexport.runtime.compare import Tolerance
+    from rexport.runtime.gates import Tolerance
     from rexport.runtime.metadata import load_labels
 
     keys = parse_key_map(o["key_map"])
@@ -384,7 +385,8 @@ def validate_cmd(models, **o) -> None:
 
     Without --val-data a bundle is validated on its reference inputs and stored reference logits."""
     from rexport.errors import CheckFailed
-    from rexport.runtime.validate import Gates, validate
+    from rexport.runtime.gates import Gates
+    from rexport.runtime.validate import validate
 
     report = Outputs(o["overwrite"], [*models, data_path(o["val_data"]), o["checkpoint"]], json=o["json"]).json
     result = validate(list(models), o["val_data"], checkpoint=o["checkpoint"], samples=o["val_samples"],

@@ -30,7 +30,7 @@ from rexport.calibration.refine import REFINEMENTS
 from rexport.exporter import DEFAULT_OPSET, EXPORTERS
 from rexport.runtime.backends.onnxruntime import PROVIDER_ALIASES
 from rexport.runtime.bench import BenchConfig
-from rexport.runtime.compare import Tolerance
+from rexport.runtime.gates import Tolerance
 from rexport.runtime.metadata import PRECISIONS
 from rexport.runtime.backends.choice import BENCH_BACKENDS
 from rexport.runtime.preprocess import CHANNEL_ORDERS, INTERPOLATIONS

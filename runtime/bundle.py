@@ -41,7 +41,8 @@ from rexport import __version__
 from rexport.console import fmt_err, fmt_pct, log, table
 from rexport.errors import CheckFailed, InputError
 from rexport.files import atomic_directory, atomic_output, check_output, check_output_dir, json_text, sha256_file
-from rexport.runtime.compare import Tolerance, compare
+from rexport.runtime.compare import compare
+from rexport.runtime.gates import PREPROCESS_TOLERANCE, SAME_FILE_TOLERANCE, SELFTEST_AGREEMENT
 from rexport.runtime.metadata import PRECISIONS, ModelInfo
 
 MANIFEST = "rexport.json"
@@ -54,8 +55,6 @@ DIGEST = "manifest_sha256"
 REBUNDLE = "re-create the bundle with `rexport bundle`"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 # The top-1 agreement with the FP32 reference each precision must keep in a self-test.
-SELFTEST_AGREEMENT = {"fp32": 1.0, "fp16": 0.95, "int8": 0.75, "mixed": 0.75}
-SAME_FILE_TOLERANCE = Tolerance(atol=1e-3, rtol=1e-3)  # the same model file on another machine
 
 
 def is_archive(path: Path) -> bool:
@@ -829,7 +828,7 @@ def selftest(predictor) -> SelfTestReport:
     if images:
         got = predictor.preprocess([bundle.root / n for n in images])
         err = float(np.abs(got - ref["image_tensors"]).max())
-        checks.append((f"preprocessing of {len(images)} reference image(s)", f"max abs {fmt_err(err)}", err <= 1e-5))
+        checks.append((f"preprocessing of {len(images)} reference image(s)", f"max abs {fmt_err(err)}", err <= PREPROCESS_TOLERANCE))
     logits = predictor.run(ref["inputs"])
     c = compare(logits, ref["reference"])
     floor = SELFTEST_AGREEMENT.get(predictor.info.precision, 0.75)

@@ -13,17 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from rexport.errors import InputError, field_error
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float = 1e-3
-    rtol: float = 1e-3
-
-    def __post_init__(self) -> None:
-        if not (self.atol >= 0 and self.rtol >= 0):
-            raise field_error(self, f"tolerances must be >= 0, got atol={self.atol} rtol={self.rtol}", "atol", "rtol")
+from rexport.errors import InputError
+from rexport.runtime.gates import Tolerance
 
 
 @dataclass(frozen=True)

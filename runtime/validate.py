@@ -19,30 +19,7 @@ from rexport.console import fmt_err, fmt_pct, log, table
 from rexport.errors import InputError, field_error
 from rexport.runtime.backends.base import Backend
 from rexport.runtime.compare import compare, topk_accuracy
-
-
-@dataclass(frozen=True)
-class Gates:
-    max_top1_drop: float | None = None  # percentage points below the reference's top-1 (needs labels)
-    min_agreement: float | None = None  # top-1 agreement with the reference, 0..1
-
-    def __post_init__(self) -> None:
-        if self.max_top1_drop is not None and self.max_top1_drop < 0:
-            raise field_error(self, f"max_top1_drop must be >= 0 points, not {self.max_top1_drop}", "max_top1_drop")
-        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
-            raise field_error(self, f"min_agreement must be between 0 and 1, not {self.min_agreement}",
-                              "min_agreement")
-
-    def check_labels(self, labels) -> None:
-        """max_top1_drop compares accuracies: it needs labels."""
-        if self.max_top1_drop is not None and labels is None:
-            raise field_error(self, "max_top1_drop needs labelled data (class subfolders or an .npz with labels); "
-                              "use min_agreement for unlabelled data", "max_top1_drop", "min_agreement")
-
-    def describe(self) -> str:
-        parts = ([f"top-1 drop <= {self.max_top1_drop:g} points"] if self.max_top1_drop is not None else []) + \
-                ([f"agreement >= {100 * self.min_agreement:g}%"] if self.min_agreement is not None else [])
-        return " and ".join(parts) or "none (outputs must be finite)"
+from rexport.runtime.gates import Gates
 
 
 @dataclass
@@ -79,7 +56,7 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         return {"reference": self.reference, "samples": self.samples, "data": self.data,
-                "gates": {"max_top1_drop": self.gates.max_top1_drop, "min_agreement": self.gates.min_agreement},
+                "gates": self.gates.to_dict(),
                 "passed": self.passed, "rows": [r.to_dict() for r in self.rows]}
 
     def format(self) -> str:
@@ -130,10 +107,7 @@ def validate_outputs(reference: np.ndarray, candidates: dict[str, np.ndarray], l
         c = compare(logits, reference)
         row = Row(name, acc(logits, 1), acc(logits, 5), c.top1_agreement, c.max_abs, c.mean_abs, c.cosine,
                   timings.get(name), nonfinite(logits))
-        if gates.max_top1_drop is not None and 100 * (ref_top1 - row.top1) > gates.max_top1_drop + 1e-9:
-            row.failures.append(f"top-1 drop {100 * (ref_top1 - row.top1):.2f} points > {gates.max_top1_drop:g}")
-        if gates.min_agreement is not None and c.top1_agreement < gates.min_agreement - 1e-12:
-            row.failures.append(f"agreement {fmt_pct(c.top1_agreement)} < {fmt_pct(gates.min_agreement)}")
+        row.failures += gates.failures(None if labels is None else 100 * (ref_top1 - row.top1), c.top1_agreement)
         rows.append(row)
     return ValidationReport(reference_name, len(reference), data, gates, rows)
 

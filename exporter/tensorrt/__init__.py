@@ -12,8 +12,8 @@ Every TensorRT flavour and version difference goes through rexport.runtime.trt_c
 """
 
 from rexport.exporter.tensorrt.build import BuildResult, build_engine, check_options, target_gpus
-from rexport.exporter.tensorrt.config import (DEFAULT_AGREEMENT, BuildConfig, default_engine_name, parse_bytes,
+from rexport.exporter.tensorrt.config import (BuildConfig, default_engine_name, parse_bytes,
                                               parse_compute_capabilities, parse_shapes)
 
-__all__ = ["BuildConfig", "BuildResult", "DEFAULT_AGREEMENT", "build_engine", "check_options", "default_engine_name",
+__all__ = ["BuildConfig", "BuildResult", "build_engine", "check_options", "default_engine_name",
            "parse_bytes", "parse_compute_capabilities", "parse_shapes", "target_gpus"]

@@ -17,8 +17,6 @@ SHAPES = ("min_shapes", "opt_shapes", "max_shapes")  # the BuildConfig fields of
 PRECISIONS = ("fp16", "int8")  # what --fp16 / --int8 ask for; None builds the ONNX as it is
 _SIZE_UNITS = {"": 2**20, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
 
-# Top-1 agreement with the FP32 ONNX an engine must reach unless --min-agreement says otherwise.
-DEFAULT_AGREEMENT = {"fp32": 0.99, "fp16": 0.99, "int8": 0.95, "mixed": 0.95}
 
 
 def parse_shapes(text: str | Shapes | None, field: str = "min_shapes") -> Shapes | None:
@@ -99,7 +97,7 @@ class BuildConfig:
     validate: bool = True
     val_data: str | None = None
     val_samples: int = 64
-    min_agreement: float | None = None  # validation gate; default by precision (DEFAULT_AGREEMENT)
+    min_agreement: float | None = None  # validation gate; default by precision (gates.DEFAULT_AGREEMENT)
     max_top1_drop: float | None = None  # validation gate in top-1 points (needs labelled --val-data)
     reference: str | None = None  # FP32 ONNX to validate against (default: the input, when FP32)
     seed: int = 0

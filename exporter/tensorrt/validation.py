@@ -10,7 +10,8 @@ import numpy as np
 
 from rexport.console import log
 from rexport.errors import field_error
-from rexport.exporter.tensorrt.config import DEFAULT_AGREEMENT, BuildConfig
+from rexport.exporter.tensorrt.config import BuildConfig
+from rexport.runtime.gates import DEFAULT_AGREEMENT, Gates
 from rexport.runtime.engine_sidecar import EngineSidecar
 from rexport.runtime.metadata import ModelInfo
 
@@ -35,7 +36,7 @@ def validate_engine(engine: Path, sidecar: EngineSidecar, reference: Path, inter
               config: BuildConfig, info: ModelInfo | None) -> Any:
     from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from rexport.runtime.backends.tensorrt import TensorRTBackend
-    from rexport.runtime.validate import Gates, validate_backends
+    from rexport.runtime.validate import validate_backends
 
     with TensorRTBackend(engine, sidecar=sidecar, runtime_cache=False) as trt_backend:  # engine: a temporary name
         inputs, labels, what = validation_inputs(config, info, trt_backend.profile[1][1:], config.val_samples)

@@ -75,7 +75,8 @@ def run_demo(output: str | Path = "rexport-demo") -> DemoResult:
     from rexport.runtime import load
     from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from rexport.runtime.bundle import write_bundle
-    from rexport.runtime.validate import Gates, model_label, torch_logits, validate_outputs
+    from rexport.runtime.gates import Gates
+    from rexport.runtime.validate import model_label, torch_logits, validate_outputs
 
     start = time.monotonic()
     out = Path(output)

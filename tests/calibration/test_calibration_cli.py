@@ -111,7 +111,7 @@ def bad_inputs(tmp_path):
     ("corrupt", [], "could be decoded"),
     ("wrong_size.npy", [], "shape 3x64x64 but the model takes 3x32x32"),
     ("nan.npy", [], "NaN or Inf"),
-    ("unlabelled.npy", ["--max-top1-drop", "0.5"], "needs labelled validation data"),
+    ("unlabelled.npy", ["--max-top1-drop", "0.5"], "needs labelled data"),
     ("nowhere", [], "does not exist"),
     ("named.npz", [], "label 'one' is not one of the model's labels"),
     ("complex.npy", [], "the inputs are complex numbers"),

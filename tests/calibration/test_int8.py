@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from rexport.calibration import Budget, QuantizeConfig, quantize
+from rexport.calibration import QuantizeConfig, quantize
+from rexport.runtime.gates import Gates
 from rexport.calibration.cache import (hex_to_scale, read_calibration_cache, retarget_header, scale_to_hex,
                                        version_int, write_calibration_cache)
 from rexport.calibration.fp16 import read_model
@@ -78,7 +79,7 @@ def test_budget_keeps_the_worst_layers_in_float_until_it_holds(demo_fp32, tmp_pa
                                   refine=())
     crude = quantize(demo_fp32, tmp_path / "crude.onnx", crude_config)
     assert crude.score.top1_drop > 0.5  # the premise: without the budget it misses
-    result = quantize(demo_fp32, tmp_path / "q.onnx", replace(crude_config, budget=Budget(max_top1_drop=0.5)))
+    result = quantize(demo_fp32, tmp_path / "q.onnx", replace(crude_config, budget=Gates(max_top1_drop=0.5)))
     assert result.score.top1_drop <= 0.5
     assert 0 < len(result.budget.kept) < result.census.total
     assert set(result.budget.kept) == set(result.census.float)
@@ -140,11 +141,11 @@ def test_agreement_floor_works_without_labels(demo_fp32, tmp_path):
     arrays = load_dataset("demo:test", info, samples=None).inputs
     np.save(tmp_path / "unlabelled.npy", arrays)
     result = quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(
-        data="demo:train", val_data=str(tmp_path / "unlabelled.npy"), budget=Budget(min_agreement=0.99)))
+        data="demo:train", val_data=str(tmp_path / "unlabelled.npy"), budget=Gates(min_agreement=0.99)))
     assert result.score.top1 is None and result.score.agreement >= 0.99
-    with pytest.raises(InputError, match="needs labelled validation data"):
+    with pytest.raises(InputError, match="needs labelled data"):
         quantize(demo_fp32, tmp_path / "r.onnx", QuantizeConfig(
-            data="demo:train", val_data=str(tmp_path / "unlabelled.npy"), budget=Budget(max_top1_drop=0.5)))
+            data="demo:train", val_data=str(tmp_path / "unlabelled.npy"), budget=Gates(max_top1_drop=0.5)))
 
 
 def test_a_budget_is_always_reachable(demo_fp32, tmp_path):
@@ -152,7 +153,7 @@ def test_a_budget_is_always_reachable(demo_fp32, tmp_path):
     pooling follow the convs kept in float (they once stayed uint8 whatever the budget kept)."""
     result = quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(
         data="demo:train", val_data=HELD_OUT, method="percentile", percentile=10.0, target="cpu", refine=(),
-        budget=Budget(min_agreement=1.0)))
+        budget=Gates(min_agreement=1.0)))
     assert result.score.agreement == 1.0 and result.budget.steps[0][1].agreement < 0.9
     assert 0 < len(result.budget.kept) == len(result.census.float)
 
@@ -199,4 +200,4 @@ def test_config_validation():
     with pytest.raises(InputError, match="reduce_range is for the cpu target"):
         QuantizeConfig(data="demo", target="trt", reduce_range=True)
     with pytest.raises(InputError, match="^min_agreement must be"):
-        Budget(min_agreement=99)
+        Gates(min_agreement=99)

@@ -18,7 +18,7 @@ from rexport.exporter import ExportConfig, ParityConfig, build_model, export_onn
 from rexport.exporter.checkpoint import LoadedModel, save_state_dict
 from rexport.exporter.onnx_export import check_parity
 from rexport.exporter.zoo import ARCHS
-from rexport.runtime.compare import Tolerance
+from rexport.runtime.gates import Tolerance
 from rexport.runtime.metadata import ModelInfo
 
 SLOW = {"resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",

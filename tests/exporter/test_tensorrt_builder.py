@@ -30,13 +30,14 @@ from helpers import assert_clean_error, env_without
 from rexport.calibration.cache import version_int
 from rexport.runtime.data import load_dataset
 from rexport.errors import CheckFailed, CompatibilityError, InputError, MissingDependency, RexportError
-from rexport.exporter.tensorrt import (DEFAULT_AGREEMENT, BuildConfig, build_engine, default_engine_name, parse_bytes,
+from rexport.exporter.tensorrt import (BuildConfig, build_engine, default_engine_name, parse_bytes,
                                        parse_shapes)
 from rexport.files import sha256_file
 from rexport.runtime.engine_sidecar import EngineSidecar
 from rexport.runtime.metadata import BatchRange
 from rexport.runtime.trt_compat import TrtVersion, dla_supported
-from rexport.runtime.validate import Gates, ValidationReport
+from rexport.runtime.gates import DEFAULT_AGREEMENT, Gates
+from rexport.runtime.validate import ValidationReport
 
 STRONGLY_TYPED_BIT = 1 << 1
 

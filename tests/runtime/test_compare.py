@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from rexport.errors import InputError
-from rexport.runtime.compare import Tolerance, compare, topk_accuracy
+from rexport.runtime.compare import compare, topk_accuracy
+from rexport.runtime.gates import Tolerance
 
 
 def test_identical_outputs():

@@ -112,7 +112,7 @@ class Predictor:
     def preprocess(self, images: ImageLike | Sequence[ImageLike], *, max_pixels: int | None = None,
                    draft: bool = False) -> np.ndarray:
         """Images -> the model's NCHW input; files above max_pixels (default 64 MP) are refused;
-        `draft`: decode large JPEGs at reduced scale (faster, not exact; README: its cost)."""
+        `draft`: decode large JPEGs at reduced scale (faster, not exact; docs/runtime.md: its cost)."""
         return preprocess(images, self.info.preprocess, max_pixels=max_pixels, draft=draft)
 
     def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5, *, max_pixels: int | None = None,

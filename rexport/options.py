@@ -197,7 +197,7 @@ TABLE: dict[str, Option] = {o.name: o for o in [
     Option("save_choice", "--save-choice", "With --backend all on a bundle directory: record the fastest backend "
            "of each model for this machine, where --backend auto will use it.", flag_value=True),
     Option("draft", "--jpeg-draft", "Decode JPEGs much larger than the model's input at 1/2-1/8 scale: several "
-           "times faster, not exact (README: the agreement it costs).", flag_value=True),
+           "times faster, not exact (docs/runtime.md: the agreement it costs).", flag_value=True),
     Option("top_k", "--top-k", "How many classes to print per image.", int, 5, short="-k"),
     Option("family", "--family", "Only this family (e.g. resnet, cifar_resnet, preact_resnet, plain)."),
     # -- bench

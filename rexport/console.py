@@ -71,3 +71,8 @@ def fmt_err(x: float) -> str:
 
 def fmt_pct(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def fmt_bytes(n: int) -> str:
+    """A size in bytes, MB or GB (decimal), as people read it."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n} bytes"

@@ -45,6 +45,11 @@ class CheckFailed(RexportError):
         self.report = report
 
 
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def field_error(owner: object, message: str, *names: str) -> InputError:
     """An InputError about fields of `owner` (a config dataclass, its class, or a function's name):
     `message` names them as the Python API does ("fp16_flag goes with precision='fp16'"); the CLI

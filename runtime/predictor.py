@@ -173,11 +173,11 @@ class Predictor:
 
     # -- checks --------------------------------------------------------------------------------
     def selftest(self):
-        """Replay the bundle's reference inputs (and images) and compare; see bundle.selftest."""
+        """Replay the bundle's reference inputs (and images) and compare; see runtime/selftest.py."""
         if self.bundle is None:
             raise InputError(f"{self.source} is not a bundle, so it carries no reference data to test against; "
                              "make one with `rexport bundle`")
-        from rexport.runtime.bundle import selftest
+        from rexport.runtime.selftest import selftest
 
         return selftest(self)
 

@@ -82,7 +82,8 @@ class BuildResult:
 def bundle_source(bundle_dir: Path, precision: str | None) -> Path:
     """The ONNX of a bundle to build from: its trt-target INT8 (for --int8) or FP16 (for --fp16)
     ONNX when it has one, else its FP32 ONNX (converted on the fly)."""
-    from rexport.runtime.bundle import is_archive, open_bundle
+    from rexport.runtime.archive import is_archive
+    from rexport.runtime.bundle import open_bundle
 
     if is_archive(bundle_dir):
         raise InputError(f"{bundle_dir} is a bundle archive; extract it (tar xzf) and build into the directory, "

@@ -148,7 +148,7 @@ def test_an_engine_built_from_a_bundle_joins_it(tmp_path, rtx, default_targets, 
     """From a bundle of the demo model (real trained weights): the engine joins the bundle; where it
     cannot run here it says so instead of validating, and loading it without a GPU is refused clearly."""
     from rexport.runtime import load
-    from rexport.runtime.bundle import MANIFEST
+    from rexport.runtime.manifest import MANIFEST
 
     bundle = tmp_path / "bundle"
     shutil.copytree(demo_bundle, bundle)

@@ -30,7 +30,8 @@ onnx = pytest.importorskip("onnx")
 from doubles.tiny_onnx import write_tiny_classifier  # noqa: E402
 
 from rexport.runtime import load  # noqa: E402
-from rexport.runtime.bundle import DIGEST, MANIFEST, Bundle, _digest, open_bundle, write_bundle  # noqa: E402
+from rexport.runtime.bundle import Bundle, open_bundle, write_bundle  # noqa: E402
+from rexport.runtime.manifest import DIGEST, MANIFEST, manifest_digest  # noqa: E402
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -114,7 +115,7 @@ def manifest_text(draw, manifest: dict) -> bytes:
     doc = draw(edited_json(manifest, max_edits=3, values=MANIFEST_VALUES))
     if isinstance(doc, dict) and draw(st.integers(0, 4)):
         try:
-            doc[DIGEST] = _digest(doc)
+            doc[DIGEST] = manifest_digest(doc)
         except (ValueError, RecursionError):
             pass
     text = json.dumps(doc).encode()

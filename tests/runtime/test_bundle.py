@@ -12,7 +12,9 @@ import pytest
 
 from rexport.errors import InputError
 from rexport.runtime import load
-from rexport.runtime.bundle import MANIFEST, open_bundle, safe_extract, save_manifest, write_bundle
+from rexport.runtime.archive import safe_extract
+from rexport.runtime.bundle import open_bundle, write_bundle
+from rexport.runtime.manifest import MANIFEST, save_manifest
 
 
 def test_round_trip(demo_bundle, demo_fp32):

@@ -18,8 +18,11 @@ from helpers import assert_clean_error
 
 from rexport.errors import InputError
 from rexport.runtime import load
-from rexport.runtime import bundle as bundle_module
-from rexport.runtime.bundle import MANIFEST, open_bundle, safe_extract, save_manifest, write_bundle
+from rexport.runtime import archive as archive_module
+from rexport.runtime import manifest as manifest_module
+from rexport.runtime.archive import safe_extract
+from rexport.runtime.bundle import open_bundle, write_bundle
+from rexport.runtime.manifest import MANIFEST, save_manifest
 
 READ_AGAIN = r"is not a readable archive \(truncated or corrupt: .+\); download or copy it again"
 
@@ -216,8 +219,8 @@ def test_a_listed_bomb_is_refused_by_the_expansion_cap(bundle_copy, tmp_path, mo
     with load(archive):  # 8 MB is under the floor below which any expansion is fine
         pass
     # scaled down: a bundle of ~1 MB of weights and 8 MB of zeros, with a floor of 4 MB and at most 4x
-    monkeypatch.setattr(bundle_module, "EXPANSION_FLOOR", 4 << 20)
-    monkeypatch.setattr(bundle_module, "MAX_EXPANSION", 4)
+    monkeypatch.setattr(archive_module, "EXPANSION_FLOOR", 4 << 20)
+    monkeypatch.setattr(archive_module, "MAX_EXPANSION", 4)
     refused(archive, r"would expand to .* more than 4x", tmp_path)
 
 
@@ -229,13 +232,13 @@ def test_the_total_cap_and_the_free_space_are_checked_before_writing(bundle_copy
     monkeypatch.setenv("REXPORT_MAX_BUNDLE_BYTES", "lots")
     refused(archive, r"REXPORT_MAX_BUNDLE_BYTES must be a number of bytes, not 'lots'", tmp_path)
     monkeypatch.delenv("REXPORT_MAX_BUNDLE_BYTES")
-    monkeypatch.setattr(bundle_module.shutil, "disk_usage",
+    monkeypatch.setattr(archive_module.shutil, "disk_usage",
                         lambda p: shutil._ntuple_diskusage(1 << 40, 1 << 40, 10 << 20))
     refused(archive, r"needs \d+\.\d MB in .*, which has 10.5 MB free; free some space or point TMPDIR", tmp_path)
 
 
 def test_too_many_members_are_refused(small_bundle, tmp_path, monkeypatch):
-    monkeypatch.setattr(bundle_module, "MAX_ARCHIVE_MEMBERS", 3)
+    monkeypatch.setattr(archive_module, "MAX_ARCHIVE_MEMBERS", 3)
     archive = make_archive(tmp_path / "b.tar.gz", small_bundle)
     refused(archive, "holds more than 3 entries", tmp_path)
 
@@ -252,7 +255,7 @@ def test_a_full_disk_while_extracting_is_one_line_and_leaves_nothing(small_bundl
     def fake_open(path, mode="r", *args, **kwargs):
         return Full(path, "x") if "x" in mode else builtins.open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(bundle_module, "open", fake_open, raising=False)
+    monkeypatch.setattr(archive_module, "open", fake_open, raising=False)
     refused(archive, r"cannot extract .* \(\[Errno 28\] No space left on device\); free some space", tmp_path)
 
 
@@ -473,7 +476,7 @@ def test_a_manifest_that_is_not_a_json_object_is_one_line(bundle_copy, tmp_path,
 
 @pytest.mark.parametrize("archived", [False, True], ids=["directory", "archive"])
 def test_a_huge_manifest_is_refused_before_it_is_read(bundle_copy, tmp_path, monkeypatch, archived):
-    monkeypatch.setattr(bundle_module, "MAX_MANIFEST_BYTES", 1000)
+    monkeypatch.setattr(manifest_module, "MAX_MANIFEST_BYTES", 1000)
     target = make_archive(tmp_path / "b.tar.gz", bundle_copy) if archived else bundle_copy
     with pytest.raises(InputError, match=r"rexport.json.* is \d.*, more than the 1000 bytes a manifest may be"):
         open_bundle(target)

@@ -13,7 +13,8 @@ from doubles.fixtures import trt  # noqa: F401 - fixture
 from rexport.errors import InputError
 from rexport.exporter.tensorrt import BuildConfig, build_engine
 from rexport.runtime import load
-from rexport.runtime.bundle import MANIFEST, write_bundle
+from rexport.runtime.bundle import write_bundle
+from rexport.runtime.manifest import MANIFEST
 
 
 def test_an_engine_built_from_a_bundle_joins_it(tmp_path, trt, demo_bundle):

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import assert_clean_error
 from rexport.runtime.bench import BenchConfig, bench, measure
-from rexport.runtime.bundle import save_manifest
+from rexport.runtime.manifest import save_manifest
 
 
 def test_bundle_predict_inspect_selftest(run_cli, tmp_path, demo_fp32):

@@ -19,7 +19,7 @@ from doubles.fake_cuda import DLOPEN_FAILURE, FakeCudaRuntime, install_fake_cuda
 from doubles.fake_tensorrt import hide_tensorrt
 from rexport.errors import CompatibilityError
 from rexport.runtime import cuda
-from rexport.runtime.trt_compat import inspect_environment
+from rexport.runtime.environment import inspect_environment
 
 NO_GPU = "^no usable NVIDIA GPU \\("
 HINT = "TensorRT needs an NVIDIA GPU and its driver: run this there (`rexport doctor` shows what is missing)"

@@ -36,7 +36,7 @@ from rexport.exporter.tensorrt import BuildConfig, build_engine
 from rexport.runtime import cuda, load
 from rexport.runtime.backends.tensorrt import TensorRTBackend, runtime_cache_path
 from rexport.runtime.engine_sidecar import FORMAT, EngineSidecar, sidecar_path
-from rexport.runtime.trt_compat import inspect_environment
+from rexport.runtime.environment import inspect_environment
 
 
 def engine_for(tmp_path, onnx, name="m.engine", **options):

@@ -20,6 +20,7 @@ def test_importing_the_runtime_imports_no_torch_onnx_or_tensorrt(tmp_path):
         import rexport.runtime.bundle, rexport.runtime.archive, rexport.runtime.manifest, rexport.runtime.selftest
         import rexport.runtime.bench, rexport.runtime.validate, rexport.runtime.inspect
         import rexport.runtime.backends.tensorrt, rexport.runtime.backends.openvino, rexport.runtime.trt_compat
+        import rexport.runtime.environment
         import rexport.calibration
         heavy = [m for m in ("torch", "onnx", "tensorrt", "onnxruntime", "openvino", "cuda") if m in sys.modules]
         print(json.dumps(heavy))

@@ -45,7 +45,7 @@ def triton_distribution() -> Path:
     return Path(pytriton.__file__).parent / "tritonserver"
 
 
-def _libs_dir() -> Path:
+def bundled_libs() -> Path:
     """The shared libraries PyTriton's wheel bundles (libcudart and friends) that the stub needs."""
     from pytriton.utils.distribution import get_libs_path
 
@@ -104,14 +104,20 @@ def python_backend_env(stub: Path, libs: Path, base: dict[str, str] | None = Non
     return env
 
 
-def prepare_backends(dist: Path, folder: Path) -> Path:
-    """A backend directory with the Python backend and the stub for this interpreter's version."""
+def python_stub(dist: Path) -> Path:
+    """The Python backend stub PyTriton ships for this interpreter's version."""
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
         have = sorted(p.name for p in (dist / "python_backend_stubs").iterdir())
         raise CompatibilityError(f"PyTriton ships Triton's Python backend for Python {', '.join(have)}, not "
                                  f"{version}; run rexport under one of those")
+    return stub
+
+
+def prepare_backends(dist: Path, folder: Path) -> Path:
+    """A backend directory with the Python backend and the stub for this interpreter's version."""
+    stub = python_stub(dist)
     python = folder / "python"
     shutil.copytree(dist / "backends" / "python", python, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(stub, python / "triton_python_backend_stub")
@@ -167,7 +173,7 @@ class TritonServer:
         self._work = tempfile.TemporaryDirectory(prefix="rexport-triton-")
         try:
             backends = prepare_backends(dist, Path(self._work.name) / "backends")
-            env = python_backend_env(backends / "python" / "triton_python_backend_stub", _libs_dir())
+            env = python_backend_env(backends / "python" / "triton_python_backend_stub", bundled_libs())
             with open(self.log_file, "wb") as out:
                 self.process = subprocess.Popen(self.command(backends, dist / "bin" / "tritonserver"), env=env,
                                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

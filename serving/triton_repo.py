@@ -262,6 +262,11 @@ def _model_batch(file: Path, bundled: ModelInfo) -> tuple[str, ModelInfo, BatchR
     return kind, info, BatchRange(shapes["min"][0], shapes["opt"][0], shapes["max"][0])
 
 
+def preferred_sizes(batch: BatchRange, max_batch: int) -> tuple[int, ...]:
+    """Dynamic batching's preferred sizes: the model's optimal batch and the largest Triton sends."""
+    return tuple(sorted({b for b in (batch.opt, max_batch) if 2 <= b <= max_batch}))
+
+
 def plan_repository(bundle, config: RepositoryConfig) -> Plan:
     """Decide every model's settings, refusing what the chosen classifier cannot serve."""
     file = bundle.model_file(config.model)
@@ -278,7 +283,7 @@ def plan_repository(bundle, config: RepositoryConfig) -> Plan:
     if native and max_batch > batch.max:
         raise field_error(config, f"max_batch={max_batch} is more than {file.name} takes ({batch.max}); give at "
                                   f"most {batch.max}, or use classifier='runtime' (rexport splits)", "max_batch")
-    preferred = tuple(sorted({b for b in (batch.opt, batch.max) if 2 <= b <= max_batch}))
+    preferred = preferred_sizes(batch, max_batch)
     name = config.name or re.sub(r"[^A-Za-z0-9_.-]", "_", info.arch or "model")
     return Plan(name, info, kind, file, config.classifier, instance_kind, config.instances, max_batch, preferred,
                 config.queue_delay_us)

@@ -167,10 +167,55 @@ def build_engine(source: str | os.PathLike, output: str | os.PathLike | None = N
     (+ `output.json`), validated unless told not to or unable to run here. Built from a bundle,
     the engine goes into the bundle (by default) and is added to its manifest."""
     start = time.monotonic()
-    source = Path(source)
-    bundle_dir = None
+    bundle_dir, onnx_path, output, side = _paths(Path(source), output, config)
+    compat = load_tensorrt("build TensorRT engines", config.flavour)
+    # the flavour that builds, recorded in the sidecar's options and rebuild command even when it was the
+    # default choice (the only one installed): elsewhere the default can be the other one
+    recorded = replace(config, flavour=compat.flavour.key)
+    check_options(compat, config)
+    targets = target_gpus(compat, config)
+    source = read_onnx(onnx_path)
+    plan = plan_precision(source, config, compat)
+    notes: list[str] = [targets.note] if targets.note else []
+    validate, reference = _validation(config, targets, onnx_path, source, output, notes)
+
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".work", dir=output.parent) as tmp:
+        built_from_path, quantized = prepare_onnx(source, plan, config, Path(tmp), str(compat.version))
+        built_from = source if built_from_path == onnx_path else read_onnx(built_from_path)
+        info = built_from.info or source.info
+        if info is None:
+            notes.append(f"{onnx_path.name} has no rexport metadata: the sidecar cannot describe preprocessing")
+
+        built = _build(compat, built_from, plan, config, info, targets, notes)
+
+        info = _engine_info(info, plan, config, built)
+        sidecar = _sidecar(compat, targets, plan, built, onnx_path, source, built_from, info, recorded, output)
+        with atomic_output(output, overwrite=config.overwrite) as engine_tmp, \
+                atomic_output(side, overwrite=config.overwrite) as side_tmp:
+            engine_tmp.write_bytes(built.engine)
+            sidecar.write(side_tmp)
+            report = None
+            if validate:
+                report = _validated(engine_tmp, sidecar, reference, built_from_path, config, info)
+            # caches only for an engine that passed: a calibration cache behind a failed engine would be reused
+            timing_cache = built.timing.save() if built.timing is not None else None
+            calibration_cache = save_calibration_cache(config, built.calibrator, quantized)
+    if bundle_dir is not None and output.parent.resolve() == bundle_dir.resolve():
+        from rexport.runtime.bundle import add_to_bundle
+
+        add_to_bundle(bundle_dir, [output, side], "engine", plan.precision)
+        notes.append(f"added {output.name} to the bundle {bundle_dir} (load it with model=\"engine\")")
+    return BuildResult(output, side, sidecar, plan, report, time.monotonic() - start, built.seconds,
+                       timing_cache, calibration_cache, notes)
+
+
+def _paths(source: Path, output: str | os.PathLike | None,
+           config: BuildConfig) -> tuple[Path | None, Path, Path, Path]:
+    """(the bundle built from or None, the ONNX to build from, the engine, its sidecar): the outputs
+    checked before any long work, never onto the ONNX."""
     from rexport.runtime.bundle import is_bundle
 
+    bundle_dir = None
     if is_bundle(source):
         bundle_dir, onnx_path = source, bundle_source(source, config.precision)
     else:
@@ -181,15 +226,13 @@ def build_engine(source: str | os.PathLike, output: str | os.PathLike | None = N
         output = (bundle_dir or Path(".")) / default_engine_name(onnx_path, config.precision)
     output = check_output(output, overwrite=config.overwrite, inputs=[onnx_path])  # never onto the ONNX
     side = check_output(sidecar_path(output), overwrite=config.overwrite, inputs=[onnx_path, output])
-    compat = load_tensorrt("build TensorRT engines", config.flavour)
-    # the flavour that builds, recorded in the sidecar's options and rebuild command even when it was the
-    # default choice (the only one installed): elsewhere the default can be the other one
-    recorded = replace(config, flavour=compat.flavour.key)
-    check_options(compat, config)
-    targets = target_gpus(compat, config)
-    source = read_onnx(onnx_path)
-    plan = plan_precision(source, config, compat)
-    notes: list[str] = [targets.note] if targets.note else []
+    return bundle_dir, onnx_path, output, side
+
+
+def _validation(config: BuildConfig, targets: Targets, onnx_path: Path, source: OnnxSummary, output: Path,
+                notes: list[str]) -> tuple[bool, Path | None]:
+    """(whether the engine is validated here, the ONNX it is compared with: --reference, else the
+    source when it is FP32, else None: the ONNX it was built from), noting why where it matters."""
     reference = Path(config.reference) if config.reference else (onnx_path if source.precision == "fp32" else None)
     validate = config.validate and targets.runs_here
     if config.validate and not targets.runs_here:
@@ -202,57 +245,46 @@ def build_engine(source: str | os.PathLike, output: str | os.PathLike | None = N
                      "pass --reference MODEL.onnx (the FP32 export) to compare with FP32")
     if reference is not None and not reference.is_file():
         raise InputError(f"--reference {reference} does not exist")
+    return validate, reference
 
-    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".work", dir=output.parent) as tmp:
-        work = Path(tmp)
-        built_from_path, quantized = prepare_onnx(source, plan, config, work, str(compat.version))
-        built_from = source if built_from_path == onnx_path else read_onnx(built_from_path)
-        info = built_from.info or source.info
-        if info is None:
-            notes.append(f"{onnx_path.name} has no rexport metadata: the sidecar cannot describe preprocessing")
 
-        built = _build(compat, built_from, plan, config, info, targets, notes)
+def _engine_info(info: ModelInfo | None, plan: PrecisionPlan, config: BuildConfig, built: _Built) -> ModelInfo | None:
+    """The model description the sidecar carries: the engine's precision, and its calibration."""
+    if info is None:
+        return None
+    calibration = info.calibration
+    if plan.how == "legacy calibrator":
+        calibration = {"method": config.calib_method, "target": "trt", "calibrator": "TensorRT 10 "
+                       + CALIBRATION_METHODS[config.calib_method], "batches": built.calibrator.batches_fed}
+    return info.replace(precision=plan.precision, calibration=calibration)
 
-        if info is not None:
-            calibration = info.calibration
-            if plan.how == "legacy calibrator":
-                calibration = {"method": config.calib_method, "target": "trt", "calibrator": "TensorRT 10 "
-                               + CALIBRATION_METHODS[config.calib_method], "batches": built.calibrator.batches_fed}
-            info = info.replace(precision=plan.precision, calibration=calibration)
-        gpu = targets.gpu
-        sidecar = EngineSidecar(
-            tensorrt_version=str(compat.version), flavour=compat.flavour.key, targets=targets.recorded,
-            gpu_name=gpu.name if gpu else "", compute_capability=gpu.compute_capability_str if gpu else "",
-            precision=plan.precision,
-            profile={n: {"min": list(lo), "opt": list(opt), "max": list(hi)} for n, (lo, opt, hi) in built.profile.items()},
-            source_onnx={"path": onnx_path.name, "sha256": source.sha256, "precision": source.precision},
-            built_from={"sha256": built_from.sha256, "precision": built_from.precision, "how": plan.describe()},
-            build_options=recorded.to_dict(), model=info,
-            rebuild_command=rebuild_command(onnx_path, output, recorded))
 
-        with atomic_output(output, overwrite=config.overwrite) as engine_tmp, \
-                atomic_output(side, overwrite=config.overwrite) as side_tmp:
-            engine_tmp.write_bytes(built.engine)
-            sidecar.write(side_tmp)
-            report = None
-            if validate:
-                report = validate_engine(engine_tmp, sidecar, reference or built_from_path,
-                                         built_from_path if reference is not None and built_from_path != reference
-                                         else None, config, info)
-                if not report.passed:
-                    raise CheckFailed(f"the TensorRT engine disagrees with {(reference or built_from_path).name} "
-                                      "beyond tolerance; nothing was written (see the report; --no-validate skips "
-                                      "the check)", report)
-            # caches only for an engine that passed: a calibration cache behind a failed engine would be reused
-            timing_cache = built.timing.save() if built.timing is not None else None
-            calibration_cache = save_calibration_cache(config, built.calibrator, quantized)
-    if bundle_dir is not None and output.parent.resolve() == bundle_dir.resolve():
-        from rexport.runtime.bundle import add_to_bundle
+def _sidecar(compat: TensorRT, targets: Targets, plan: PrecisionPlan, built: _Built, onnx_path: Path,
+             source: OnnxSummary, built_from: OnnxSummary, info: ModelInfo | None, recorded: BuildConfig,
+             output: Path) -> EngineSidecar:
+    gpu = targets.gpu
+    return EngineSidecar(
+        tensorrt_version=str(compat.version), flavour=compat.flavour.key, targets=targets.recorded,
+        gpu_name=gpu.name if gpu else "", compute_capability=gpu.compute_capability_str if gpu else "",
+        precision=plan.precision,
+        profile={n: {"min": list(lo), "opt": list(opt), "max": list(hi)} for n, (lo, opt, hi) in built.profile.items()},
+        source_onnx={"path": onnx_path.name, "sha256": source.sha256, "precision": source.precision},
+        built_from={"sha256": built_from.sha256, "precision": built_from.precision, "how": plan.describe()},
+        build_options=recorded.to_dict(), model=info,
+        rebuild_command=rebuild_command(onnx_path, output, recorded))
 
-        add_to_bundle(bundle_dir, [output, side], "engine", plan.precision)
-        notes.append(f"added {output.name} to the bundle {bundle_dir} (load it with model=\"engine\")")
-    return BuildResult(output, side, sidecar, plan, report, time.monotonic() - start, built.seconds,
-                       timing_cache, calibration_cache, notes)
+
+def _validated(engine: Path, sidecar: EngineSidecar, reference: Path | None, built_from_path: Path,
+               config: BuildConfig, info: ModelInfo | None):
+    """The validation report of the engine just written (to its temporary name), or CheckFailed."""
+    report = validate_engine(engine, sidecar, reference or built_from_path,
+                             built_from_path if reference is not None and built_from_path != reference else None,
+                             config, info)
+    if not report.passed:
+        raise CheckFailed(f"the TensorRT engine disagrees with {(reference or built_from_path).name} "
+                          "beyond tolerance; nothing was written (see the report; --no-validate skips "
+                          "the check)", report)
+    return report
 
 
 def rebuild_command(onnx_path: Path, output: Path, config: BuildConfig) -> str:

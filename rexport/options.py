@@ -35,13 +35,16 @@ from rexport.runtime.metadata import PRECISIONS
 from rexport.runtime.backends.choice import BENCH_BACKENDS
 from rexport.runtime.preprocess import CHANNEL_ORDERS, INTERPOLATIONS
 from rexport.runtime.trt_compat import HARDWARE_COMPATIBILITY
+from rexport.serving.serve import ServeConfig
+from rexport.serving.triton_repo import CLASSIFIERS, INSTANCE_KINDS, RepositoryConfig
 
 # The registries options take their choices from (the vocabulary test checks no list repeats one).
 REGISTRIES: dict[str, Any] = {"METHODS": METHODS, "TARGETS": TARGETS, "REFINEMENTS": REFINEMENTS,
                               "EXPORTERS": EXPORTERS, "CHANNEL_ORDERS": CHANNEL_ORDERS,
                               "INTERPOLATIONS": INTERPOLATIONS, "HARDWARE_COMPATIBILITY": HARDWARE_COMPATIBILITY,
                               "PROVIDER_ALIASES": PROVIDER_ALIASES, "PRECISIONS": PRECISIONS,
-                              "BENCH_BACKENDS": BENCH_BACKENDS}
+                              "BENCH_BACKENDS": BENCH_BACKENDS, "CLASSIFIERS": CLASSIFIERS,
+                              "INSTANCE_KINDS": INSTANCE_KINDS}
 REQUIRED = object()  # options(..., name=REQUIRED): the command needs this option
 
 FILE = click.Path(dir_okay=False)
@@ -234,6 +237,24 @@ TABLE: dict[str, Option] = {o.name: o for o in [
     Option("dla_core", "--dla-core", "Build for this DLA core (Jetson), with GPU fallback.", int),
     Option("gpu_fallback", "--no-gpu-fallback", "With --dla-core: fail instead of running layers on the GPU.",
            flag_value=False, default=True),
+    # -- serving on Triton
+    Option("triton_name", "--name", "Triton name of the model that takes image bytes; the others are "
+           "NAME_classifier and (triton) NAME_preprocess (default: the architecture).",
+           also=("RepositoryConfig.name", "ServeConfig.name")),
+    Option("classifier", "--classifier", "native: Triton's onnxruntime_onnx / tensorrt_plan; runtime: Python "
+           "backend running rexport's runtime (servers without those backends).", default=RepositoryConfig.classifier,
+           choices=CLASSIFIERS),
+    Option("instance_kind", "--instance-kind", "Where the classifier's instances run (default: gpu for engines, "
+           "else cpu; gpu adds ONNX Runtime's TensorRT accelerator in the model's precision).",
+           choices=INSTANCE_KINDS),
+    Option("instances", "--instances", "Model instances Triton runs side by side.", int, RepositoryConfig.instances),
+    Option("max_batch", "--max-batch", "Largest batch Triton forms (max_batch_size; default: the model's).", int),
+    Option("queue_delay_us", "--queue-delay", "Dynamic batching: microseconds a request may wait for others.",
+           int, RepositoryConfig.queue_delay_us),
+    Option("host", "--host", "Address to listen on.", default=ServeConfig.host),
+    Option("http_port", "--http-port", "KServe v2 HTTP port.", int, ServeConfig.http_port),
+    Option("grpc_port", "--grpc-port", "KServe v2 gRPC port.", int, ServeConfig.grpc_port),
+    Option("metrics_port", "--metrics-port", "Prometheus metrics port (/metrics).", int, ServeConfig.metrics_port),
 ]}
 
 # Groups of options that go together on several commands.

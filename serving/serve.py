@@ -71,8 +71,11 @@ class Serving:
             self.stop()
 
     def stop(self) -> None:
-        self.triton.stop()
-        self.predictor.close()
+        if self.predictor is not None:
+            self.triton.stop()
+            self.predictor, predictor = None, self.predictor
+            predictor.close()
+            log.info("stopped serving %s", self.name)
 
     def __enter__(self) -> "Serving":
         return self

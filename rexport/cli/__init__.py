@@ -6,9 +6,10 @@ common.py   parsing, the rule for every output (`Outputs`, `--json FILE`), share
 export.py   models, onnx, fp16, calibrate, trt, demo      (the workstation)
 check.py    validate, bundle                              (prove and pack)
 device.py   predict, inspect, selftest, bench, doctor     (the device)
+serve.py    triton, serve                                 (past one box: Triton)
 """
 
-from rexport.cli import check, device, export  # noqa: F401  (each module adds its commands to `cli`)
+from rexport.cli import check, device, export, serve  # noqa: F401  (each module adds its commands to `cli`)
 from rexport.cli.app import cli, main
 
 __all__ = ["cli", "main"]

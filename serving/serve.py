@@ -20,6 +20,7 @@ import numpy as np
 
 from rexport.console import log
 from rexport.errors import require
+from rexport.serving.server import Endpoints
 from rexport.serving.triton_repo import IMAGE_INPUT, RepositoryConfig, preferred_sizes
 
 
@@ -46,22 +47,13 @@ class ServeConfig:
                          queue_delay_us=self.queue_delay_us)
 
 
-class Serving:
+class Serving(Endpoints):
     """A running `rexport serve`: stop it with `stop()` or `with`."""
 
     def __init__(self, triton, predictor, name: str, config: ServeConfig):
         self.triton, self.predictor, self.name, self.config = triton, predictor, name, config
-
-    @property
-    def http_url(self) -> str:
-        return f"{self._host()}:{self.config.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self._host()}:{self.config.grpc_port}"
-
-    def _host(self) -> str:
-        return "127.0.0.1" if self.config.host == "0.0.0.0" else self.config.host
+        self.host = "127.0.0.1" if config.host == "0.0.0.0" else config.host  # where a client here connects
+        self.ports = {"http": config.http_port, "grpc": config.grpc_port, "metrics": config.metrics_port}
 
     def serve_forever(self) -> None:
         """Block until SIGINT (or SIGTERM, which the CLI turns into one); then stop."""

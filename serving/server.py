@@ -124,7 +124,26 @@ def prepare_backends(dist: Path, folder: Path) -> Path:
     return folder
 
 
-class TritonServer:
+class Endpoints:
+    """Where clients reach a Triton: `host` and `ports` ("http", "grpc", "metrics") as URLs."""
+
+    host: str
+    ports: dict[str, int]
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.ports['http']}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.ports['grpc']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.ports['metrics']}/metrics"
+
+
+class TritonServer(Endpoints):
     """`tritonserver` on a model repository, on this machine; always stopped by `stop()` or `with`.
 
         with TritonServer("model_repository") as server:      # ports: free ones unless given
@@ -143,18 +162,6 @@ class TritonServer:
         self.log_verbose = log_verbose
         self.process: subprocess.Popen | None = None
         self._work: tempfile.TemporaryDirectory | None = None
-
-    @property
-    def http_url(self) -> str:
-        return f"{self.host}:{self.ports['http']}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self.host}:{self.ports['grpc']}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.ports['metrics']}/metrics"
 
     @property
     def log_file(self) -> Path | None:

@@ -302,8 +302,10 @@ def check_parity(model: torch.nn.Module, onnx_path: str | os.PathLike, info: Mod
                  config: ParityConfig = ParityConfig()) -> ParityReport:
     """Run ONNX Runtime and PyTorch on the same inputs; compare the logits."""
     from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from rexport.runtime.backends.pytorch import PyTorchBackend
 
     backend = OnnxRuntimeBackend(onnx_path, providers=["CPUExecutionProvider"])
+    reference = PyTorchBackend(model, info)
     b = info.batch
     sizes = sorted({min(max(s, b.min), b.max) for s in config.batch_sizes})
     rng = np.random.default_rng(config.seed)
@@ -316,11 +318,8 @@ def check_parity(model: torch.nn.Module, onnx_path: str | os.PathLike, info: Mod
         images, report.skipped_images = data.inputs, data.skipped
         # the first n images at each batch size, repeated cyclically when there are fewer
         inputs += [("images", np.resize(images, (n, *images.shape[1:]))) for n in sizes]
-    model.eval()
     for kind, x in inputs:
-        with torch.inference_mode():
-            ref = model(torch.from_numpy(x)).numpy()
-        got = backend.run(x)
+        ref, got = reference.run(x), backend.run(x)
         bad_ref = int(ref.size - np.count_nonzero(np.isfinite(ref)))
         with np.errstate(invalid="ignore", over="ignore"):
             comparison = compare(got, ref, config.tolerance)

@@ -259,10 +259,12 @@ def add_to_bundle(bundle_dir: str | os.PathLike, files: list[Path], kind: str, p
 
 def make_bundle(models: list[str | os.PathLike], output: str | os.PathLike, *, data: str | None = None,
                 checkpoint: str | os.PathLike | None = None, samples: int = 8, validate: bool = True,
-                default: str | None = None, archive: bool = False, overwrite: bool = False) -> Path:
+                validation=None, default: str | None = None, archive: bool = False,
+                overwrite: bool = False) -> Path:
     """`rexport bundle`: reference inputs (from `data`, else random), the PyTorch reference when a
     checkpoint is given (else the FP32 ONNX), a few of the data's images for the preprocessing
-    check, and (with data) the validation report of every model."""
+    check, and (with data) the validation report of every model: `validation` when the caller
+    has one already (a ValidationReport on the same data), else made here."""
     from rexport.runtime.preprocess import is_image_file
 
     paths = [Path(m) for m in models]
@@ -274,25 +276,27 @@ def make_bundle(models: list[str | os.PathLike], output: str | os.PathLike, *, d
         check_output_dir(out, overwrite=overwrite)
     infos = [_describe_model(p)[2] for p in paths]
     base = next((i for i in infos if i is not None and i.precision == "fp32"), infos[0])
-    inputs, images, validation = None, None, None
+    inputs, images = None, None
+    validation = None if validation is None else validation.to_dict()
     if data is not None:
         from rexport.runtime.data import load_dataset
 
         inputs = load_dataset(data, base, samples=samples).inputs
         if Path(data).is_dir():
             images = sorted(p for p in Path(data).rglob("*") if p.is_file() and is_image_file(p))[:4]
-        if validate and any(p.suffix == ".onnx" for p in paths):
+        if validate and validation is None and any(p.suffix == ".onnx" for p in paths):
             from rexport.runtime.validate import validate as run_validation
 
             validation = run_validation([p for p in paths if p.suffix == ".onnx"], data,
                                         checkpoint=checkpoint).to_dict()
     reference, source = None, "ONNX FP32"
     if checkpoint is not None:
-        from rexport.runtime.validate import torch_logits
+        from rexport.runtime.backends.pytorch import PyTorchBackend
 
         if inputs is None:
             inputs = np.random.default_rng(0).standard_normal((samples, *base.input_shape), dtype=np.float32)
-        reference, source = torch_logits(checkpoint, base, inputs), f"PyTorch FP32 ({Path(checkpoint).name})"
+        torch_model = PyTorchBackend.from_checkpoint(checkpoint, base)
+        reference, source = torch_model.run_batched(inputs, 64), torch_model.name
     return write_bundle(paths, out, inputs=inputs, reference_logits=reference, reference_source=source,
                         images=images, validation=validation, default=default, archive=archive, overwrite=overwrite)
 

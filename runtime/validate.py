@@ -198,8 +198,11 @@ def validate(models: list[str | os.PathLike], data: str | None = None, *, checkp
             p.close()
 
     if checkpoint is not None:
-        ref_name = f"PyTorch FP32 ({Path(checkpoint).name})"
-        reference, timings[ref_name] = _timed(lambda x: torch_logits(checkpoint, base, x, unsafe_pickle), inputs)
+        from rexport.runtime.backends.pytorch import PyTorchBackend
+
+        torch_model = PyTorchBackend.from_checkpoint(checkpoint, base, unsafe_pickle)
+        ref_name = torch_model.name
+        reference, timings[ref_name] = _timed(lambda x: torch_model.run_batched(x, 64), inputs)
         candidates = outputs
     elif stored is not None:
         ref_name = f"{stored.manifest['reference']['source']} (stored in the bundle)"
@@ -214,19 +217,3 @@ def validate(models: list[str | os.PathLike], data: str | None = None, *, checkp
         reference = outputs[ref_name]
         candidates = {k: v for k, v in outputs.items() if k != ref_name}
     return validate_outputs(reference, candidates, labels, gates, ref_name, timings, what)
-
-
-def torch_logits(checkpoint, info, inputs: np.ndarray, unsafe_pickle: bool = False) -> np.ndarray:
-    """The PyTorch model's logits (needs torch: the `export` extra)."""
-    from rexport.errors import require
-
-    torch = require("torch", "export", "use the PyTorch model as the reference")
-    from rexport.exporter import load_model
-
-    if not info.arch:
-        raise InputError("the model does not record its arch, so the checkpoint cannot be rebuilt; "
-                         "validate against the FP32 ONNX instead")
-    model = load_model(checkpoint, info.arch, num_classes=info.num_classes, unsafe_pickle=unsafe_pickle,
-                       shortcut=info.arch_options.get("shortcut")).model
-    with torch.inference_mode():
-        return np.concatenate([model(torch.from_numpy(inputs[i:i + 64])).numpy() for i in range(0, len(inputs), 64)])

@@ -132,11 +132,3 @@ def quantize_config(o: dict, **extra):
     from rexport.calibration.refine import parse_refinements
 
     return fill(QuantizeConfig, o, refine=parse_refinements(o["calib_refine"]), budget=fill(Gates, o), **extra)
-
-
-def sibling(path: str | Path, tag: str) -> Path:
-    """model.onnx -> model.<tag>.onnx"""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.{tag}{path.suffix or '.onnx'}")
-
-

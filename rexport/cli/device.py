@@ -135,7 +135,7 @@ def save_fastest(rows, measured: dict) -> None:
 @options("json", "overwrite")
 def doctor_cmd(json: str | None, overwrite: bool) -> None:
     """Report TensorRT, CUDA, cuda-python, onnxruntime, the GPU and DLA: what is here, what is missing."""
-    from rexport.runtime.trt_compat import inspect_environment
+    from rexport.runtime.environment import inspect_environment
 
     report = JsonReport(json, overwrite)
     result = inspect_environment()

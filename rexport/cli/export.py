@@ -8,10 +8,11 @@ import click
 
 from rexport.cli.app import cli
 from rexport.cli.common import (JsonReport, Outputs, data_path, parse_key_map, parse_size, preprocess_overrides,
-                                quantize_config, sibling)
+                                quantize_config)
 from rexport.console import log, table
 from rexport.errors import InputError
 from rexport.options import CALIBRATION, PREPROCESS, REQUIRED, fill, options
+from rexport.pipeline import sibling
 
 
 @cli.command("models")
@@ -46,51 +47,29 @@ def onnx_cmd(checkpoint, **o) -> None:
     and --int8 add OUTPUT.fp16.onnx and OUTPUT.int8.onnx."""
     if o["int8"] and not o["calib_data"]:
         raise InputError("--int8 needs --calib-data (an image folder, .npy/.npz or demo)")
-    from rexport.exporter import ExportConfig, ParityConfig, export_onnx, load_checkpoint
+    from rexport.exporter import ExportConfig, ParityConfig, load_checkpoint
     from rexport.exporter.checkpoint import detect_arch
+    from rexport.pipeline import PipelineConfig, planned_outputs, run_pipeline
     from rexport.runtime.gates import Tolerance
     from rexport.runtime.metadata import load_labels
 
     keys = parse_key_map(o["key_map"])
     output = o["output"] or Path(checkpoint).with_suffix(".onnx").name
-    fp16, int8, calib_data, val_data, force = o["fp16"], o["int8"], o["calib_data"], o["val_data"], o["overwrite"]
-    int8_cache = sibling(output, "int8").with_suffix(".cache") if int8 and o["target"] == "trt" else None
-    report = Outputs(force, [checkpoint, o["labels"], o["images"], data_path(calib_data), data_path(val_data)],
-                     files={"output": output, "FP16 output": fp16 and sibling(output, "fp16") or None,
-                            "INT8 output": int8 and sibling(output, "int8") or None, "calibration cache": int8_cache},
-                     directories={"bundle": o["bundle"]}, json=o["json"]).json
-    ckpt = load_checkpoint(checkpoint, unsafe_pickle=o["unsafe_pickle"])
     if o["arch"] is None:
-        o["arch"] = detect_arch(ckpt, key_map=keys)
+        o["arch"] = detect_arch(load_checkpoint(checkpoint, unsafe_pickle=o["unsafe_pickle"]), key_map=keys)
         log.info("arch: %s (detected from the checkpoint; pass --arch to choose)", o["arch"])
-    config = fill(ExportConfig, o, input_size=parse_size(o["input_size"]), key_map=keys,
+    export = fill(ExportConfig, o, input_size=parse_size(o["input_size"]), key_map=keys,
                   labels=load_labels(o["labels"]) if o["labels"] else None, preprocess=preprocess_overrides(o),
                   parity=fill(ParityConfig, o, tolerance=fill(Tolerance, o)))
-    result = export_onnx(ckpt, output, config)
-    payload = {"export": result.to_dict()}
+    calib_data, val_data = o["calib_data"], o["val_data"]
+    config = PipelineConfig(export, fp16=o["fp16"], fp16_data=calib_data,
+                            int8=(quantize_config(o),) if o["int8"] else (), bundle=o["bundle"],
+                            val_data=(val_data or calib_data or o["images"]) if o["bundle"] else None)
+    report = Outputs(o["overwrite"], [checkpoint, o["labels"], o["images"], data_path(calib_data), data_path(val_data)],
+                     files=planned_outputs(output, config), directories={"bundle": o["bundle"]}, json=o["json"]).json
+    result = run_pipeline(checkpoint, output, config, overwrite=o["overwrite"])
     report.echo(result.format())
-    if fp16:
-        from rexport.calibration import to_fp16
-        from rexport.runtime.data import load_dataset
-
-        inputs = load_dataset(calib_data, result.info, samples=64).inputs if calib_data else None
-        converted = to_fp16(output, sibling(output, "fp16"), inputs=inputs, overwrite=force)
-        payload["fp16"] = {"output": str(converted.path), "kept_fp32": converted.kept_fp32}
-        report.echo(converted.format())
-    if int8:
-        from rexport.calibration import quantize
-
-        quantized = quantize(output, sibling(output, "int8"), quantize_config(o))
-        payload["int8"] = quantized.to_dict()
-        report.echo(quantized.format())
-    if o["bundle"]:
-        from rexport.runtime.bundle import make_bundle
-
-        written = [Path(output)] + [sibling(output, t) for t, wanted in (("fp16", fp16), ("int8", int8)) if wanted]
-        payload["bundle"] = str(make_bundle(written, o["bundle"], data=val_data or calib_data or o["images"],
-                                            checkpoint=checkpoint, overwrite=force))
-        report.echo(f"bundle -> {payload['bundle']}")
-    report.write(payload)
+    report.write(result.to_dict())
 
 
 @cli.command("fp16")

@@ -1,6 +1,7 @@
 """`rexport demo`: the whole pipeline on the embedded default model, no arguments, no network.
 
-ResNet-20 trained on scikit-learn's digits (weights in this package):
+ResNet-20 trained on scikit-learn's digits (weights in this package), through the steps of
+`rexport.pipeline.run_pipeline` (those of `rexport onnx --fp16 --int8 --bundle`):
   1. export to ONNX with the parity check against PyTorch;
   2. FP16 ONNX, and INT8 ONNX calibrated on training images for both targets (TensorRT: int8
      symmetric Q/DQ; CPU: uint8 activations for ONNX Runtime);
@@ -68,61 +69,37 @@ def _check_output_dir(out: Path) -> None:
 
 
 def run_demo(output: str | Path = "rexport-demo") -> DemoResult:
-    from rexport.calibration import QuantizeConfig, quantize, to_fp16
-    from rexport.runtime.data import load_dataset
+    from rexport.calibration import QuantizeConfig
     from rexport.calibration.qdq import TARGETS
-    from rexport.exporter import ExportConfig, ParityConfig, export_onnx, load_model
+    from rexport.exporter import ExportConfig, ParityConfig
+    from rexport.pipeline import PipelineConfig, run_pipeline
     from rexport.runtime import load
-    from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from rexport.runtime.bundle import write_bundle
     from rexport.runtime.gates import Gates
-    from rexport.runtime.validate import model_label, torch_logits, validate_outputs
 
     start = time.monotonic()
     out = Path(output)
     _check_output_dir(out)
-    sections = []
     with atomic_directory(out, overwrite=True) as tmp:
         (tmp / MARKER).write_text("written by rexport demo; the next run replaces this directory\n")
         _write_images(data.split("test"), tmp / "images")
-        loaded = load_model(data.WEIGHTS_FILE, data.ARCH)
-        fp32 = tmp / "resnet20_digits.onnx"
-        exported = export_onnx(loaded, fp32, ExportConfig(
-            arch=data.ARCH, labels=data.LABELS, preprocess=data.demo_preprocess(),
-            parity=ParityConfig(images=str(tmp / "images"))))
-        sections.append(("export to ONNX", exported.format()))
-
-        train = load_dataset("demo:train", exported.info, samples=512)
-        fp16 = to_fp16(fp32, tmp / "resnet20_digits.fp16.onnx", inputs=train.inputs[:64])
-        int8 = [quantize(fp32, tmp / f"resnet20_digits.int8-{target}.onnx",
-                         QuantizeConfig(data="demo:train", val_data="demo:test", method="entropy", target=target))
-                for target in TARGETS]
-        sections.append(("FP16 and calibrated INT8", "\n".join([fp16.format(), *(q.format() for q in int8)])))
-
-        log.info("scoring every form on the held-out images...")
-        test = load_dataset("demo:test", exported.info, samples=None)
-        reference = torch_logits(data.WEIGHTS_FILE, exported.info, test.inputs)
-        outputs = {}
-        for path, precision in [(fp32, "fp32"), (fp16.path, "fp16"), (int8[0].path, "int8"), (int8[1].path, "int8")]:
-            outputs[model_label(path, precision, "onnxruntime")] = \
-                OnnxRuntimeBackend(path, providers=["CPUExecutionProvider"]).run_batched(test.inputs, 32)
-        report = validate_outputs(reference, outputs, test.labels, Gates(max_top1_drop=0.5), "PyTorch FP32",
-                                  data=test.describe())
-        sections.append(("held-out accuracy, every form side by side", report.format()))
-
-        bundle_dir = tmp / "bundle"
-        images = sorted((tmp / "images").rglob("*.png"))
-        write_bundle([fp32, fp16.path, int8[1].path, int8[0].path], bundle_dir, inputs=test.inputs[:8],
-                     reference_logits=reference[:8], reference_source="PyTorch FP32", images=images[::90],
-                     validation=report.to_dict())
-        with load(bundle_dir, model="int8") as predictor:  # the edge side: numpy + Pillow + onnxruntime
-            sample = images[7]
+        held_out = str(tmp / "images")  # the 360 images the model never trained on
+        config = PipelineConfig(
+            ExportConfig(arch=data.ARCH, labels=data.LABELS, preprocess=data.demo_preprocess(),
+                         parity=ParityConfig(images=held_out)),
+            fp16=True, fp16_data="demo:train",
+            int8=tuple(QuantizeConfig(data="demo:train", val_data="demo:test", method="entropy", target=target)
+                       for target in sorted(TARGETS)),  # cpu first: a bundle's "int8" is its first, for CPUs
+            bundle=str(tmp / "bundle"), val_data=held_out, gates=Gates(max_top1_drop=0.5))
+        result = run_pipeline(data.WEIGHTS_FILE, tmp / "resnet20_digits.onnx", config)
+        sections = result.sections()[:-1]  # the bundle, with what it does on the device:
+        with load(result.bundle, model="int8") as predictor:  # the edge side: numpy + Pillow + onnxruntime
+            sample = sorted((tmp / "images").rglob("*.png"))[7]
             prediction = predictor.predict(sample, top_k=3)
             check = predictor.selftest()
         sections.append(("bundle for the device, and a prediction from it", "\n".join([
-            f"bundle -> {bundle_dir} (4 models, reference inputs and images, the report above)",
+            f"bundle -> {result.bundle} ({len(result.models)} models, reference inputs and images, the report above)",
             f"load(bundle, model=\"int8\").predict(\"{sample.relative_to(tmp)}\") -> {prediction}",
             check.format()])))
-        passed = report.passed and check.passed
+        passed = result.passed and check.passed
         text = [(title, body.replace(str(tmp), str(out))) for title, body in sections]
-    return DemoResult(out, text, report.to_dict(), passed, time.monotonic() - start)
+    return DemoResult(out, text, result.validation.to_dict(), passed, time.monotonic() - start)

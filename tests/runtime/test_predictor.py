@@ -30,9 +30,9 @@ def test_predict_matches_the_labels_and_pytorch(demo_fp32, digits):
         assert all(p.label == str(p.index) and len(p.labels) == 3 for p in preds)
         assert all(abs(sum(p.probabilities) - 1) < 0.05 and p.probabilities == tuple(sorted(p.probabilities, reverse=True))
                    for p in preds)
-        from rexport.runtime.validate import torch_logits
+        from rexport.runtime.backends.pytorch import PyTorchBackend
 
-        reference = torch_logits(data.WEIGHTS_FILE, model.info, model.preprocess(list(images)))
+        reference = PyTorchBackend.from_checkpoint(data.WEIGHTS_FILE, model.info).run(model.preprocess(list(images)))
         np.testing.assert_allclose(model.run(model.preprocess(list(images))), reference, atol=1e-4, rtol=1e-4)
 
 

@@ -73,11 +73,24 @@ def overflowing_tensors(model, inputs: np.ndarray) -> dict[str, float]:
 def convert(model, keep_fp32: set[str]):
     """The FP16 graph: float tensors and initializers in float16 except around `keep_fp32` nodes."""
     onnx = onnx_module()
-    from onnx import TensorProto, helper, numpy_helper
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
+    _convert_initializers(g, keep_fp32)
+    float_inputs = [i for i in g.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+    casts = _io_casts(g, keep_fp32, float_inputs)
+    casts += _fp32_island_casts(g, keep_fp32, {i.name for i in float_inputs})
+    g.node.extend(casts)
+    del g.value_info[:]
+    topological_sort(g)
+    return onnx.shape_inference.infer_shapes(out, check_type=True)
+
+
+def _convert_initializers(g, keep_fp32: set[str]) -> None:
+    """Float initializers to float16 where FP16 nodes read them; FP32 nodes keep (a copy in) float32."""
+    from onnx import TensorProto, numpy_helper
+
     fp16_readers: dict[str, int] = {}
     fp32_readers: dict[str, int] = {}
     for node in g.node:
@@ -104,8 +117,12 @@ def convert(model, keep_fp32: set[str]):
     del g.initializer[:]
     g.initializer.extend(inits)
 
+
+def _io_casts(g, keep_fp32: set[str], float_inputs: list) -> list:
+    """Casts that keep the model's float inputs and outputs float32 around an FP16 inside."""
+    from onnx import TensorProto, helper
+
     casts = []
-    float_inputs = [i for i in g.input if i.type.tensor_type.elem_type == TensorProto.FLOAT]
     for gi in float_inputs:  # float32 in -> float16 inside
         cast_name = f"{gi.name}_fp16"
         casts.append(helper.make_node("Cast", [gi.name], [cast_name], name=f"{gi.name}_Cast_fp16",
@@ -122,8 +139,15 @@ def convert(model, keep_fp32: set[str]):
             src.output[:] = [inner if o == go.name else o for o in src.output]
             casts.append(helper.make_node("Cast", [inner], [go.name], name=f"{go.name}_Cast_fp32",
                                           to=TensorProto.FLOAT))
+    return casts
+
+
+def _fp32_island_casts(g, keep_fp32: set[str], input_names: set[str]) -> list:
+    """Casts around the nodes kept in FP32: in from FP16 neighbours, out to FP16 readers."""
+    from onnx import TensorProto, helper
+
+    casts = []
     initializer_names = {i.name for i in g.initializer}
-    input_names = {i.name for i in float_inputs}
     graph_outputs = {o.name for o in g.output}
     kept = [n for n in g.node if n.name in keep_fp32]
     fp32_name = {o: f"{o}_fp32" for n in kept for o in n.output if o and o not in graph_outputs}
@@ -142,10 +166,7 @@ def convert(model, keep_fp32: set[str]):
                 if o in read_in_fp16:
                     casts.append(helper.make_node("Cast", [fp32_name[o]], [o], name=f"{node.name}_Cast_out{k}",
                                                   to=TensorProto.FLOAT16))
-    g.node.extend(casts)
-    del g.value_info[:]
-    topological_sort(g)
-    return onnx.shape_inference.infer_shapes(out, check_type=True)
+    return casts
 
 
 def nonfinite_layers(model, inputs: np.ndarray, limit: int = 3) -> list[str]:

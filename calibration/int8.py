@@ -176,24 +176,13 @@ def _logits(model_bytes: bytes, inputs: np.ndarray) -> np.ndarray:
 def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: QuantizeConfig) -> QuantizeResult:
     """Calibrate and quantize an FP32 rexport ONNX; see the module docstring for the steps."""
     start = time.monotonic()
-    onnx = onnx_module()
-    reads = [onnx_path, *(Path(d) for d in (config.data, config.val_data) if d and Path(d).exists())]
-    output = check_output(output, overwrite=config.overwrite, inputs=reads)  # never onto an input
-    cache_path = None
-    if config.target == "trt":
-        cache_path = check_output(config.cache or output.with_suffix(".cache"), overwrite=config.overwrite,
-                                  inputs=[*reads, output])
+    onnx_module()  # a missing onnx is said first, naming the extra to install
+    output, cache_path = _outputs(onnx_path, output, config)
     model, info = read_model(onnx_path)
     if info.precision != "fp32":
         raise InputError(f"{onnx_path} is {info.precision}; calibrate the FP32 export instead")
-    pre = config.preprocess.apply(info.preprocess) if config.preprocess else info.preprocess
     notes = []
-    if config.val_data is None:
-        calib, val = _held_out(config, info, pre, notes)
-    else:
-        calib = load_dataset(config.data, info, samples=config.samples, seed=config.seed, preprocess=pre)
-        val = load_dataset(config.val_data, info, samples=config.val_samples, seed=config.seed,
-                                    preprocess=pre)
+    calib, val = _datasets(config, info, notes)
     if config.target == "cpu" and not uses_reduce_range(config.target, config.reduce_range):
         notes.append("weights in [-127, 127] (reduce_range off): x86 CPUs without VNNI saturate int16 sums and "
                      "lose accuracy on this file; run it only on CPUs with VNNI")
@@ -219,18 +208,56 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
     budget = fit_budget(layers, lambda keep: _logits(build(keep).SerializeToString(), val.inputs), reference,
                         val.labels, config.budget, census(model).macs)
     final_score = budget.steps[-1][1]
-    if final_score.agreement < AGREEMENT_FLOOR:
-        warning = (f"INT8 agrees with FP32 on only {fmt_pct(final_score.agreement)} of {val.describe()}: check "
+    _check_score(final_score, budget, val, config, notes)
+    qmodel = build(frozenset(budget.kept))
+    if config.target == "trt":
+        check_trt_rules(qmodel)
+    counts = _census(qmodel, budget, config, notes)
+    info = _int8_info(info, config, calib, counts, final_score)
+    _save(qmodel, info, output, config, cache_path, model, stats, params)
+    log.info("INT8: %s", counts.format())
+    return QuantizeResult(output, cache_path, info, counts, calib, val, final_score, budget, config, cache_hit,
+                          time.monotonic() - start, notes)
+
+
+def _outputs(onnx_path: str | os.PathLike, output: str | os.PathLike,
+             config: QuantizeConfig) -> tuple[Path, Path | None]:
+    """The INT8 ONNX and (trt target) the calibration cache, checked before any work, never onto an input."""
+    reads = [onnx_path, *(Path(d) for d in (config.data, config.val_data) if d and Path(d).exists())]
+    output = check_output(output, overwrite=config.overwrite, inputs=reads)  # never onto an input
+    cache_path = None
+    if config.target == "trt":
+        cache_path = check_output(config.cache or output.with_suffix(".cache"), overwrite=config.overwrite,
+                                  inputs=[*reads, output])
+    return output, cache_path
+
+
+def _datasets(config: QuantizeConfig, info: ModelInfo, notes: list[str]) -> tuple[Dataset, Dataset]:
+    """The calibration data and the data to score on (--val-data, else held out of the calibration data)."""
+    pre = config.preprocess.apply(info.preprocess) if config.preprocess else info.preprocess
+    if config.val_data is None:
+        return _held_out(config, info, pre, notes)
+    calib = load_dataset(config.data, info, samples=config.samples, seed=config.seed, preprocess=pre)
+    val = load_dataset(config.val_data, info, samples=config.val_samples, seed=config.seed,
+                                preprocess=pre)
+    return calib, val
+
+
+def _check_score(score: Score, budget: BudgetResult, val: Dataset, config: QuantizeConfig, notes: list[str]) -> None:
+    """Warn below AGREEMENT_FLOOR; CheckFailed when the budget is missed even with layers kept in float."""
+    if score.agreement < AGREEMENT_FLOOR:
+        warning = (f"INT8 agrees with FP32 on only {fmt_pct(score.agreement)} of {val.describe()}: check "
                    "that the calibration data looks like the model's real inputs and is preprocessed the same "
                    "way (--mean/--std/--resize), or keep sensitive layers in float (--min-agreement)")
         log.warning("warning: %s", warning)
         notes.append(warning)
-    if config.budget.active and not final_score.meets(config.budget):
+    if config.budget.active and not score.meets(config.budget):
         raise CheckFailed(f"the INT8 model misses the budget ({config.budget.describe()}) even with "
                           f"{len(budget.kept)} layer(s) in float; check the calibration data and preprocessing")
-    qmodel = build(frozenset(budget.kept))
-    if config.target == "trt":
-        check_trt_rules(qmodel)
+
+
+def _census(qmodel, budget: BudgetResult, config: QuantizeConfig, notes: list[str]) -> Census:
+    """What runs in INT8 and why each float layer stayed float."""
     reasons = {n: "kept by request" for n in config.keep_float}
     reasons.update({n: f"kept for the accuracy budget (sensitivity {budget.sensitivity[n]:.2e})"
                     for n in budget.kept})
@@ -238,13 +265,24 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
     if counts.int8_mac_share < 0.5:
         notes.append(f"only {100 * counts.int8_mac_share:.0f}% of the MACs run in INT8: expect little speed-up; "
                      "check the calibration data and preprocessing")
-    info = info.replace(precision="int8", calibration={
+    return counts
+
+
+def _int8_info(info: ModelInfo, config: QuantizeConfig, calib: Dataset, counts: Census, score: Score) -> ModelInfo:
+    """The INT8 model's description: its precision and how it was calibrated."""
+    return info.replace(precision="int8", calibration={
         "method": config.method, "target": config.target,
         "reduce_range": uses_reduce_range(config.target, config.reduce_range), "refine": list(config.refine),
         "percentile": config.percentile if config.method == "percentile" else None,
         "samples": len(calib), "data": calib.source, "data_sha256": calib.sha256,
-        "census": counts.to_dict(), "score": final_score.to_dict(),
+        "census": counts.to_dict(), "score": score.to_dict(),
         "budget": config.budget.describe() if config.budget.active else None})
+
+
+def _save(qmodel, info: ModelInfo, output: Path, config: QuantizeConfig, cache_path: Path | None, model,
+          stats: dict[str, TensorStats], params: dict[str, QParams]) -> None:
+    """Write the checked INT8 ONNX with its metadata and (trt target) its TensorRT 10 calibration cache."""
+    onnx = onnx_module()
     del qmodel.metadata_props[:]
     for k, v in info.to_props().items():
         qmodel.metadata_props.add(key=k, value=v)
@@ -256,6 +294,3 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
             scales = {n: params[n].scale for n in stats if n in fp32_tensors}
             write_calibration_cache(cache_path, scales, method=config.method, trt_version=config.trt_version,
                                     overwrite=config.overwrite)
-    log.info("INT8: %s", counts.format())
-    return QuantizeResult(output, cache_path, info, counts, calib, val, final_score, budget, config, cache_hit,
-                          time.monotonic() - start, notes)

@@ -28,6 +28,7 @@ Conv/Gemm kept in float, either target gives back the FP32 model.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -240,10 +241,7 @@ def insert_qdq(model, qparams: dict[str, QParams], target: str, keep_float: froz
         raise InputError(f"target must be 'trt' (TensorRT) or 'cpu' (ONNX Runtime on CPUs), not {target!r}")
     qmax = weight_qmax(target, reduce_range)
     rounded, bias_shift = rounded or {}, bias_shift or {}
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 13:
-        raise InputError(f"INT8 with per-channel weights needs ONNX opset 13 or newer; this model has {opset}: "
-                         "re-export with --opset 17")
+    _check_opset(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -262,42 +260,68 @@ def insert_qdq(model, qparams: dict[str, QParams], target: str, keep_float: froz
         return None if q is None or tensor in graph_outputs else b.activation(tensor, q)
 
     for node in quantized:
-        x, w = node.input[0], node.input[1]
-        new_x = act(x)
-        if new_x is None:
-            continue
-        node.input[0] = new_x
-        node.input[1], scales = b.weight(w, weights[w], weight_axis(node, weights[w]), qmax, rounded.get(node.name))
-        if node.name in bias_shift:
-            _shift_bias(node, b, weights, bias_shift[node.name])
-        if target == "cpu" and len(node.input) > 2 and node.input[2] in weights:
-            node.input[2] = b.bias(node.input[2], weights[node.input[2]], qparams[x].scale, scales)
-
+        _quantize_layer(node, act, b, weights, qparams, target, qmax, rounded, bias_shift)
     if target == "trt":  # the shortcut of each block whose last conv runs in INT8
-        made_by = producers(graph)
-        quantized_names = {n.name for n in quantized}
-        for add_name, (identity, main) in residuals.items():
-            main_src = made_by.get(main)
-            if main_src is None or main_src.name not in quantized_names:
-                continue
-            add = next(n for n in graph.node if n.name == add_name)
-            new_identity = act(identity)
-            if new_identity is not None:
-                add.input[list(add.input).index(identity)] = new_identity
+        _quantize_shortcuts(graph, quantized, residuals, act)
     else:  # cpu: every activation an int8 node touches is quantized; all readers use it
-        touched = _cpu_tensors(out, int8)
-        for node in graph.node:
-            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-                continue
-            for i, name in enumerate(node.input):
-                if name in touched and name in qparams:
-                    node.input[i] = act(name) or name
+        _quantize_cpu_activations(out, int8, qparams, act)
     used = set(weights) - {i for n in graph.node for i in n.input}
     graph.node.extend(b.nodes)
     graph.initializer.extend(b.inits)
     _drop_initializers(graph, used)
     topological_sort(graph)
     return out
+
+
+def _check_opset(model) -> None:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        raise InputError(f"INT8 with per-channel weights needs ONNX opset 13 or newer; this model has {opset}: "
+                         "re-export with --opset 17")
+
+
+def _quantize_layer(node, act: Callable[[str], str | None], b: _Builder, weights: dict[str, np.ndarray],
+                    qparams: dict[str, QParams], target: str, qmax: int, rounded: dict[str, np.ndarray],
+                    bias_shift: dict[str, np.ndarray]) -> None:
+    """A Conv/Gemm whose input has Q parameters: Q/DQ on its input, per-channel int8 weights, its
+    corrected bias (bias_shift) and, for cpu, an int32 bias."""
+    x, w = node.input[0], node.input[1]
+    new_x = act(x)
+    if new_x is None:
+        return
+    node.input[0] = new_x
+    node.input[1], scales = b.weight(w, weights[w], weight_axis(node, weights[w]), qmax, rounded.get(node.name))
+    if node.name in bias_shift:
+        _shift_bias(node, b, weights, bias_shift[node.name])
+    if target == "cpu" and len(node.input) > 2 and node.input[2] in weights:
+        node.input[2] = b.bias(node.input[2], weights[node.input[2]], qparams[x].scale, scales)
+
+
+def _quantize_shortcuts(graph, quantized: list, residuals: dict[str, tuple[str, str]],
+                        act: Callable[[str], str | None]) -> None:
+    """trt target: Q/DQ on the identity input of each residual Add whose main branch ends in an INT8 conv."""
+    made_by = producers(graph)
+    quantized_names = {n.name for n in quantized}
+    for add_name, (identity, main) in residuals.items():
+        main_src = made_by.get(main)
+        if main_src is None or main_src.name not in quantized_names:
+            continue
+        add = next(n for n in graph.node if n.name == add_name)
+        new_identity = act(identity)
+        if new_identity is not None:
+            add.input[list(add.input).index(identity)] = new_identity
+
+
+def _quantize_cpu_activations(model, int8: set[str], qparams: dict[str, QParams],
+                              act: Callable[[str], str | None]) -> None:
+    """cpu target: every activation an int8 node touches is quantized, and all its readers use it."""
+    touched = _cpu_tensors(model, int8)
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(node.input):
+            if name in touched and name in qparams:
+                node.input[i] = act(name) or name
 
 
 def _shift_bias(node, b: _Builder, weights: dict[str, np.ndarray], shift: np.ndarray) -> None:

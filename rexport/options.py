@@ -31,7 +31,7 @@ from rexport.exporter import DEFAULT_OPSET, EXPORTERS
 from rexport.runtime.backends.onnxruntime import PROVIDER_ALIASES
 from rexport.runtime.bench import BenchConfig
 from rexport.runtime.gates import Tolerance
-from rexport.runtime.metadata import PRECISIONS
+from rexport.runtime.metadata import Precision
 from rexport.runtime.backends.choice import BENCH_BACKENDS
 from rexport.runtime.preprocess import CHANNEL_ORDERS, INTERPOLATIONS
 from rexport.runtime.trt_compat import HARDWARE_COMPATIBILITY
@@ -42,7 +42,7 @@ from rexport.serving.triton_repo import CLASSIFIERS, INSTANCE_KINDS, RepositoryC
 REGISTRIES: dict[str, Any] = {"METHODS": METHODS, "TARGETS": TARGETS, "REFINEMENTS": REFINEMENTS,
                               "EXPORTERS": EXPORTERS, "CHANNEL_ORDERS": CHANNEL_ORDERS,
                               "INTERPOLATIONS": INTERPOLATIONS, "HARDWARE_COMPATIBILITY": HARDWARE_COMPATIBILITY,
-                              "PROVIDER_ALIASES": PROVIDER_ALIASES, "PRECISIONS": PRECISIONS,
+                              "PROVIDER_ALIASES": PROVIDER_ALIASES, "Precision": tuple(p.value for p in Precision),
                               "BENCH_BACKENDS": BENCH_BACKENDS, "CLASSIFIERS": CLASSIFIERS,
                               "INSTANCE_KINDS": INSTANCE_KINDS}
 REQUIRED = object()  # options(..., name=REQUIRED): the command needs this option
@@ -188,7 +188,7 @@ TABLE: dict[str, Option] = {o.name: o for o in [
     # -- bundles and loading a model
     Option("default", "--default", "The model load() picks by default (a file name)."),
     Option("archive", "--archive", "Write a single .tar.gz instead of a directory.", flag_value=True),
-    Option("model", "--model", f"Which model of a bundle: {_names(p for p in PRECISIONS if p != 'mixed')}, engine "
+    Option("model", "--model", f"Which model of a bundle: {_names(p for p in Precision if p != Precision.mixed)}, engine "
            "or a file name."),
     Option("backend", "--backend", "Inference backend. auto: TensorRT for engines; for ONNX, ONNX Runtime when "
            "--providers names any or it has a GPU, else OpenVINO on x86 CPUs when installed, else ONNX Runtime. "

@@ -33,7 +33,7 @@ from rexport.files import atomic_directory, atomic_output, check_output, check_o
 from rexport.runtime.archive import ARCHIVE_SUFFIXES, extract_bundle, is_archive
 from rexport.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST, model_info, read_manifest, save_manifest,
                                       verify_files)
-from rexport.runtime.metadata import PRECISIONS, ModelInfo
+from rexport.runtime.metadata import ModelInfo, Precision
 
 
 def is_bundle(path: Path) -> bool:
@@ -230,7 +230,7 @@ def _fill(tmp: Path, described: list, base: ModelInfo, inputs: np.ndarray, refer
 
 def _default_model(entries: list[dict]) -> str:
     """The FP32 ONNX: it runs anywhere; precision variants are picked with load(model=...)."""
-    for want in PRECISIONS:  # in order: fp32 first
+    for want in Precision:  # in order: fp32 first
         for e in entries:
             if e["precision"] == want and e["kind"] == "onnx":
                 return e["file"]
@@ -275,7 +275,7 @@ def make_bundle(models: list[str | os.PathLike], output: str | os.PathLike, *, d
     if not archive:
         check_output_dir(out, overwrite=overwrite)
     infos = [_describe_model(p)[2] for p in paths]
-    base = next((i for i in infos if i is not None and i.precision == "fp32"), infos[0])
+    base = next((i for i in infos if i is not None and i.precision == Precision.fp32), infos[0])
     inputs, images = None, None
     validation = None if validation is None else validation.to_dict()
     if data is not None:

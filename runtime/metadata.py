@@ -12,13 +12,31 @@ import json
 import numbers
 import os
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 
 from rexport import __version__
 from rexport.errors import InputError
 from rexport.runtime.preprocess import Preprocess
 
-PRECISIONS = ("fp32", "fp16", "int8", "mixed")
+class Precision(str, Enum):
+    """What a model file computes in; the values are the strings of metadata, manifests and reports
+    (a Precision equals its string: `Precision.int8 == "int8"`)."""
+
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+    mixed = "mixed"  # INT8 with layers kept in float (the accuracy budget, keep_float)
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: object, what: str = "precision") -> "Precision":
+        try:
+            return cls(value)
+        except ValueError:
+            raise InputError(f"{what} must be one of {', '.join(cls)}, not {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -112,8 +130,7 @@ class ModelInfo:
         if not isinstance(self.input_name, str) or not isinstance(self.output_name, str):
             raise InputError(f"the input and output names must be strings, not {self.input_name!r} and "
                              f"{self.output_name!r}")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        object.__setattr__(self, "precision", Precision.parse(self.precision))
         if len(self.input_shape) != 3:
             raise InputError(f"input shape must be (channels, height, width), not {self.input_shape}")
         if self.input_shape[1:] != self.preprocess.size:

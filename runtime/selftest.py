@@ -16,6 +16,7 @@ from rexport.console import fmt_err, fmt_pct, log, table
 from rexport.errors import CheckFailed
 from rexport.runtime.compare import compare
 from rexport.runtime.gates import PREPROCESS_TOLERANCE, SAME_FILE_TOLERANCE, SELFTEST_AGREEMENT
+from rexport.runtime.metadata import Precision
 
 if TYPE_CHECKING:
     from rexport.runtime.bundle import Bundle
@@ -61,7 +62,7 @@ def selftest(predictor) -> SelfTestReport:
     own = ref.get(f"outputs/{model_file}")
     if own is not None:  # the same file, recorded by ONNX Runtime on the CPU when bundled
         same = compare(logits, own, SAME_FILE_TOLERANCE)
-        if predictor.info.precision == "fp32":
+        if predictor.info.precision == Precision.fp32:
             checks.append((f"same logits as when bundled (atol {SAME_FILE_TOLERANCE.atol:g}, "
                            f"rtol {SAME_FILE_TOLERANCE.rtol:g})", f"max abs {fmt_err(same.max_abs)}", same.passed))
         else:  # reduced precision: kernels differ between CPUs in rounding; the classes must not

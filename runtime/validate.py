@@ -20,6 +20,7 @@ from rexport.errors import InputError, field_error
 from rexport.runtime.backends.base import Backend
 from rexport.runtime.compare import compare, topk_accuracy
 from rexport.runtime.gates import Gates
+from rexport.runtime.metadata import Precision
 
 
 @dataclass
@@ -169,7 +170,7 @@ def validate(models: list[str | os.PathLike], data: str | None = None, *, checkp
     predictors = _open_models(models, backend, providers)
     try:
         infos = [p.info for p in predictors]
-        base = next((i for i in infos if i.precision == "fp32"), infos[0])
+        base = next((i for i in infos if i.precision == Precision.fp32), infos[0])
         if any(i.input_shape != base.input_shape or i.num_classes != base.num_classes for i in infos):
             raise InputError("the models take different inputs or have different classes; "
                              "validate one model's forms")
@@ -208,7 +209,7 @@ def validate(models: list[str | os.PathLike], data: str | None = None, *, checkp
         ref_name = f"{stored.manifest['reference']['source']} (stored in the bundle)"
         reference, candidates = ref_arrays["reference"], outputs
     else:
-        ref_index = next((k for k, i in enumerate(infos) if i.precision == "fp32"), None)
+        ref_index = next((k for k, i in enumerate(infos) if i.precision == Precision.fp32), None)
         if ref_index is None:
             raise field_error("validate", "no reference: include the FP32 ONNX among the models, give checkpoint "
                               "(the PyTorch model, needs torch), or validate a bundle without data", "checkpoint",

@@ -25,12 +25,13 @@ from rexport.errors import CheckFailed, CompatibilityError, InputError, MissingD
 from rexport.exporter.tensorrt.caches import TimingCache, legacy_calibrator, save_calibration_cache
 from rexport.exporter.tensorrt.config import BuildConfig, default_engine_name, format_shape
 from rexport.exporter.tensorrt.network import network_inputs, parser_errors, profile_shapes
-from rexport.exporter.tensorrt.precision import OnnxSummary, PrecisionPlan, plan_precision, prepare_onnx, read_onnx
+from rexport.exporter.tensorrt.precision import (OnnxSummary, PrecisionPlan, Route, plan_precision, prepare_onnx,
+                                               read_onnx)
 from rexport.exporter.tensorrt.validation import validate_engine
 from rexport.files import atomic_output, check_output
 from rexport.runtime import cuda
 from rexport.runtime.engine_sidecar import EngineSidecar, sidecar_path
-from rexport.runtime.metadata import ModelInfo
+from rexport.runtime.metadata import ModelInfo, Precision
 from rexport.runtime.trt_compat import CALIBRATION_METHODS, DEFAULT_RTX_TARGETS, TensorRT, load_tensorrt
 
 
@@ -94,9 +95,9 @@ def bundle_source(bundle_dir: Path, precision: str | None) -> Path:
         info = read_onnx(path).info
         if info is None or precision is None or info.precision != precision:
             continue
-        if precision == "fp16" or (info.calibration or {}).get("target") == "trt":
+        if precision == Precision.fp16 or (info.calibration or {}).get("target") == "trt":
             return path
-    fp32 = [p for p in onnx_models if read_onnx(p).precision == "fp32"]
+    fp32 = [p for p in onnx_models if read_onnx(p).precision == Precision.fp32]
     if not fp32:
         raise InputError(f"the bundle {bundle_dir} has no FP32 ONNX to build from")
     return fp32[0]
@@ -233,7 +234,7 @@ def _validation(config: BuildConfig, targets: Targets, onnx_path: Path, source: 
                 notes: list[str]) -> tuple[bool, Path | None]:
     """(whether the engine is validated here, the ONNX it is compared with: --reference, else the
     source when it is FP32, else None: the ONNX it was built from), noting why where it matters."""
-    reference = Path(config.reference) if config.reference else (onnx_path if source.precision == "fp32" else None)
+    reference = Path(config.reference) if config.reference else (onnx_path if source.precision == Precision.fp32 else None)
     validate = config.validate and targets.runs_here
     if config.validate and not targets.runs_here:
         here = "there is no GPU here" if targets.gpu is None else (
@@ -253,7 +254,7 @@ def _engine_info(info: ModelInfo | None, plan: PrecisionPlan, config: BuildConfi
     if info is None:
         return None
     calibration = info.calibration
-    if plan.how == "legacy calibrator":
+    if plan.how == Route.LEGACY_CALIBRATOR:
         calibration = {"method": config.calib_method, "target": "trt", "calibrator": "TensorRT 10 "
                        + CALIBRATION_METHODS[config.calib_method], "batches": built.calibrator.batches_fed}
     return info.replace(precision=plan.precision, calibration=calibration)
@@ -341,7 +342,7 @@ def _build(compat: TensorRT, onnx: OnnxSummary, plan: PrecisionPlan, config: Bui
     timing = TimingCache(compat, builder_config, config)
     notes += timing.notes
     calibrator = None
-    if plan.how == "legacy calibrator":
+    if plan.how == Route.LEGACY_CALIBRATOR:
         calibrator = legacy_calibrator(compat, builder, builder_config, config, info, shapes, declared)
 
     log.info("building the %s %s engine (%s); this can take minutes...", compat.name, plan.precision,

@@ -8,13 +8,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rexport.errors import InputError, field_error
-from rexport.runtime.metadata import BatchRange
+from rexport.runtime.metadata import BatchRange, Precision
 from rexport.runtime.trt_compat import (CALIBRATION_METHODS, FLAVOURS, HARDWARE_COMPATIBILITY,
                                         format_compute_capability, parse_compute_capability)
 
 Shapes = dict[str, tuple[int, ...]]
 SHAPES = ("min_shapes", "opt_shapes", "max_shapes")  # the BuildConfig fields of an explicit profile
-PRECISIONS = ("fp16", "int8")  # what --fp16 / --int8 ask for; None builds the ONNX as it is
+BUILD_PRECISIONS = (Precision.fp16, Precision.int8)  # what --fp16 / --int8 ask for; None builds the ONNX as it is
 _SIZE_UNITS = {"": 2**20, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
 
 
@@ -71,7 +71,7 @@ class BuildConfig:
     """Options of `rexport trt`: its flags fill these fields (rexport/options.py). Errors name the
     fields; the CLI says the flags."""
 
-    precision: str | None = None  # None: as the ONNX is; "fp16"; "int8"
+    precision: Precision | None = None  # None: as the ONNX is; fp16 or int8 (BUILD_PRECISIONS)
     flavour: str | None = None  # "tensorrt", "rtx" (TensorRT for RTX, --rtx); None: whichever is installed
     compute_capabilities: tuple[str, ...] = ()  # RTX: the GPUs to build for; (): the GPU here, else a default set
     fp16_flag: bool = False  # 10.x: BuilderFlag.FP16 on the FP32 ONNX instead of an FP16 ONNX
@@ -104,15 +104,15 @@ class BuildConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision is not None and self.precision not in PRECISIONS:
+        if self.precision is not None and self.precision not in BUILD_PRECISIONS:
             raise self._error(f"precision must be fp16 or int8 (or left out to build the ONNX as it is), "
                               f"not {self.precision!r}")
         if self.flavour is not None and self.flavour not in FLAVOURS:
             raise self._error(f"flavour must be one of {', '.join(FLAVOURS)} (or left out), not {self.flavour!r}")
         object.__setattr__(self, "compute_capabilities", parse_compute_capabilities(self.compute_capabilities))
-        if self.fp16_flag and self.precision != "fp16":
+        if self.fp16_flag and self.precision != Precision.fp16:
             raise self._error("fp16_flag goes with precision='fp16'", "fp16_flag", "precision")
-        if self.legacy_calibrator and self.precision != "int8":
+        if self.legacy_calibrator and self.precision != Precision.int8:
             raise self._error("legacy_calibrator goes with precision='int8'", "legacy_calibrator", "precision")
         if self.legacy_calibrator and self.calib_data is None and self.calib_cache is None:
             raise self._error("legacy_calibrator needs calib_data (or an existing calib_cache)", "legacy_calibrator",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from rexport.errors import InputError, field_error, require
 from rexport.exporter.tensorrt.config import BuildConfig
 from rexport.files import sha256_file
 from rexport.onnx_file import check_external_data, check_finite, check_model_path, graph_io, parse_onnx
-from rexport.runtime.metadata import ModelInfo
+from rexport.runtime.metadata import ModelInfo, Precision
 from rexport.runtime.trt_compat import TensorRT
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -25,7 +26,7 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 class OnnxSummary:
     path: Path
     sha256: str
-    precision: str  # fp32 / fp16 / int8 / mixed
+    precision: Precision
     has_qdq: bool
     info: ModelInfo | None
 
@@ -42,17 +43,32 @@ def read_onnx(path: str | os.PathLike) -> OnnxSummary:
     if info is not None:
         info.check_graph(*graph_io(model), where=str(path))
     has_qdq = any(n.op_type in QDQ_OPS for n in model.graph.node)
-    precision = props.get("precision", "").strip('"') or None
-    if precision is None:
+    recorded = props.get("precision", "").strip('"')
+    if recorded:
+        precision = Precision.parse(recorded, f"{path.name}: the recorded precision")
+    else:
         fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-        precision = "int8" if has_qdq else "fp16" if fp16 else "fp32"
+        precision = Precision.int8 if has_qdq else Precision.fp16 if fp16 else Precision.fp32
     return OnnxSummary(path, sha256_file(path), precision, has_qdq, info)
+
+
+class Route(str, Enum):
+    """How the engine gets its precision."""
+
+    AS_GIVEN = "as given"  # the ONNX already is what the engine computes in
+    TO_FP16 = "to_fp16"  # rexport converts an FP32 ONNX to FP16 first
+    QUANTIZE = "quantize"  # rexport calibrates an FP32 ONNX to a trt-target Q/DQ ONNX first
+    FP16_FLAG = "BuilderFlag.FP16"  # TensorRT 10.x picks FP16 kernels in an FP32 network
+    LEGACY_CALIBRATOR = "legacy calibrator"  # TensorRT 10.x calibrates an FP32 network itself
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
 class PrecisionPlan:
-    how: str  # "as given", "to_fp16", "quantize", "BuilderFlag.FP16", "legacy calibrator"
-    precision: str  # what the engine computes in
+    how: Route
+    precision: Precision  # what the engine computes in
     typing: str  # "strong", "weak" or "default" (see TensorRT.network_flags)
     fp16_flag: bool = False
     int8_flag: bool = False
@@ -66,39 +82,39 @@ class PrecisionPlan:
 def plan_precision(source: OnnxSummary, config: BuildConfig, compat: TensorRT) -> PrecisionPlan:
     """Decide how the engine gets its precision; fails before any long work if this TensorRT can't."""
     name, src, want = source.path.name, source.precision, config.precision
-    if want == "fp16":
-        if src in ("int8", "mixed"):
+    if want == Precision.fp16:
+        if src in (Precision.int8, Precision.mixed):
             raise field_error(config, f"{name} is already {src} (Q/DQ); precision='fp16' needs an FP32 or FP16 ONNX",
                               "precision")
-        how = "as given" if src == "fp16" else "BuilderFlag.FP16" if config.fp16_flag else "to_fp16"
-        if config.fp16_flag and how != "BuilderFlag.FP16":
+        how = Route.AS_GIVEN if src == Precision.fp16 else Route.FP16_FLAG if config.fp16_flag else Route.TO_FP16
+        if config.fp16_flag and how != Route.FP16_FLAG:
             raise field_error(config, f"fp16_flag builds an FP32 ONNX with TensorRT's FP16 flag; {name} is already "
                               "FP16", "fp16_flag")
-        precision = "fp16"
-    elif want == "int8":
-        if src == "fp16":
+        precision = Precision.fp16
+    elif want == Precision.int8:
+        if src == Precision.fp16:
             raise InputError(f"{name} is FP16; calibrate INT8 from the FP32 ONNX instead")
-        how = "as given" if src in ("int8", "mixed") else "legacy calibrator" if config.legacy_calibrator else "quantize"
-        if config.legacy_calibrator and how != "legacy calibrator":
+        how = Route.AS_GIVEN if src in (Precision.int8, Precision.mixed) else Route.LEGACY_CALIBRATOR if config.legacy_calibrator else Route.QUANTIZE
+        if config.legacy_calibrator and how != Route.LEGACY_CALIBRATOR:
             raise field_error(config, f"legacy_calibrator calibrates an FP32 ONNX; {name} is already {src}",
                               "legacy_calibrator")
-        precision = src if how == "as given" else "int8"
+        precision = src if how == Route.AS_GIVEN else Precision.int8
     else:
-        how, precision = "as given", src
+        how, precision = Route.AS_GIVEN, src
 
-    if how == "BuilderFlag.FP16":
+    if how == Route.FP16_FLAG:
         compat.require_precision_flag("FP16", "leave out --fp16-flag: rexport converts the ONNX to FP16 instead")
-    if how == "legacy calibrator":
+    if how == Route.LEGACY_CALIBRATOR:
         compat.calibrator_base(config.calib_method)  # raises on TensorRT 11
-    has_qdq = source.has_qdq or how == "quantize"
-    typed_onnx = has_qdq or (precision == "fp16" and how in ("as given", "to_fp16"))
-    if how in ("BuilderFlag.FP16", "legacy calibrator") or config.weakly_typed:
+    has_qdq = source.has_qdq or how == Route.QUANTIZE
+    typed_onnx = has_qdq or (precision == Precision.fp16 and how in (Route.AS_GIVEN, Route.TO_FP16))
+    if how in (Route.FP16_FLAG, Route.LEGACY_CALIBRATOR) or config.weakly_typed:
         typing = "weak"
     else:
         typing = "strong" if typed_onnx else "default"
     plan = PrecisionPlan(how, precision, typing,
-                         fp16_flag=how == "BuilderFlag.FP16" or (typing == "weak" and precision == "fp16"),
-                         int8_flag=how == "legacy calibrator" or (typing == "weak" and has_qdq))
+                         fp16_flag=how == Route.FP16_FLAG or (typing == "weak" and precision == Precision.fp16),
+                         int8_flag=how == Route.LEGACY_CALIBRATOR or (typing == "weak" and has_qdq))
     compat.network_flags(plan.typing)  # weak typing on 11 fails here, before any conversion
     return plan
 
@@ -107,7 +123,7 @@ def prepare_onnx(source: OnnxSummary, plan: PrecisionPlan, config: BuildConfig, 
                  trt_version: str) -> tuple[Path, Any]:
     """The ONNX TensorRT will parse (made on the fly for to_fp16 / quantize) and quantize's result."""
     stem = source.path.stem
-    if plan.how == "to_fp16":
+    if plan.how == Route.TO_FP16:
         from rexport.calibration import to_fp16
 
         inputs = None
@@ -118,7 +134,7 @@ def prepare_onnx(source: OnnxSummary, plan: PrecisionPlan, config: BuildConfig, 
             inputs = load_dataset(data, source.info, samples=64, seed=config.seed).inputs
         log.info("converting %s to FP16...", source.path.name)
         return Path(to_fp16(source.path, work / f"{stem}.fp16.onnx", inputs=inputs, overwrite=True).path), None
-    if plan.how == "quantize":
+    if plan.how == Route.QUANTIZE:
         from rexport.calibration import QuantizeConfig, quantize
         from rexport.calibration.refine import parse_refinements
 

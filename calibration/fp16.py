@@ -24,9 +24,9 @@ from rexport.calibration.stats import activation_tensors, run_intermediates
 from rexport.console import log
 from rexport.errors import CheckFailed, InputError
 from rexport.files import atomic_output, check_output
-from rexport.onnx_file import graph_io, load_onnx
+from rexport.onnx_file import load_onnx
 from rexport.onnx_graph import initializers, onnx_module, producers, topological_sort
-from rexport.runtime.metadata import ModelInfo
+from rexport.runtime.metadata import ModelInfo, Precision
 
 FP16_MAX = 65504.0
 SENSITIVE_OPS = ("GlobalAveragePool", "ReduceMean", "ReduceSum", "ReduceL2", "Softmax", "LogSoftmax")
@@ -55,8 +55,10 @@ def read_model(path: str | os.PathLike):
     """Load an ONNX file (external data read in, weights finite: rexport.onnx_file) with its rexport
     description, checked against the graph; clear errors for the wrong file."""
     model = load_onnx(path)
-    info = ModelInfo.from_props({p.key: p.value for p in model.metadata_props})
-    info.check_graph(*graph_io(model), where=str(path))
+    info = ModelInfo.read(model, str(path))
+    if info is None:
+        raise InputError(f"{path} carries no rexport description (metadata_props); use an ONNX made by "
+                         "`rexport onnx`")
     return model, info
 
 
@@ -187,7 +189,7 @@ def to_fp16(onnx_path: str | os.PathLike, output: str | os.PathLike, *, inputs: 
     start = time.monotonic()
     output = check_output(output, overwrite=overwrite, inputs=[onnx_path])
     model, info = read_model(onnx_path)
-    if info.precision != "fp32":
+    if info.precision != Precision.fp32:
         raise InputError(f"{onnx_path} is already {info.precision}; convert the FP32 export instead")
     if inputs is None:
         inputs = np.random.default_rng(0).standard_normal((8, *info.input_shape), dtype=np.float32)
@@ -209,10 +211,8 @@ def to_fp16(onnx_path: str | os.PathLike, output: str | os.PathLike, *, inputs: 
         log.warning("warning: %d tensor(s) exceed the FP16 range in FP32 (e.g. %s); their layers stay FP32",
                     len(overflow), next(iter(overflow)))
     fp16 = convert(model, set(keep))
-    info = info.replace(precision="fp16")
-    del fp16.metadata_props[:]
-    for k, v in info.to_props().items():
-        fp16.metadata_props.add(key=k, value=v)
+    info = info.replace(precision=Precision.fp16)
+    info.write(fp16)
     onnx_module().checker.check_model(fp16, full_check=True)
     broken = nonfinite_layers(fp16, inputs)
     if broken:

@@ -40,7 +40,7 @@ from rexport.runtime.gates import Gates
 from rexport.files import atomic_output, check_output
 from rexport.onnx_graph import onnx_module, producers
 from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from rexport.runtime.metadata import ModelInfo
+from rexport.runtime.metadata import ModelInfo, Precision
 from rexport.runtime.preprocess import PreprocessOverrides
 
 
@@ -179,7 +179,7 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
     onnx_module()  # a missing onnx is said first, naming the extra to install
     output, cache_path = _outputs(onnx_path, output, config)
     model, info = read_model(onnx_path)
-    if info.precision != "fp32":
+    if info.precision != Precision.fp32:
         raise InputError(f"{onnx_path} is {info.precision}; calibrate the FP32 export instead")
     notes = []
     calib, val = _datasets(config, info, notes)
@@ -270,7 +270,7 @@ def _census(qmodel, budget: BudgetResult, config: QuantizeConfig, notes: list[st
 
 def _int8_info(info: ModelInfo, config: QuantizeConfig, calib: Dataset, counts: Census, score: Score) -> ModelInfo:
     """The INT8 model's description: its precision and how it was calibrated."""
-    return info.replace(precision="int8", calibration={
+    return info.replace(precision=Precision.int8, calibration={
         "method": config.method, "target": config.target,
         "reduce_range": uses_reduce_range(config.target, config.reduce_range), "refine": list(config.refine),
         "percentile": config.percentile if config.method == "percentile" else None,
@@ -283,9 +283,7 @@ def _save(qmodel, info: ModelInfo, output: Path, config: QuantizeConfig, cache_p
           stats: dict[str, TensorStats], params: dict[str, QParams]) -> None:
     """Write the checked INT8 ONNX with its metadata and (trt target) its TensorRT 10 calibration cache."""
     onnx = onnx_module()
-    del qmodel.metadata_props[:]
-    for k, v in info.to_props().items():
-        qmodel.metadata_props.add(key=k, value=v)
+    info.write(qmodel)
     onnx.checker.check_model(qmodel, full_check=True)
     with atomic_output(output, overwrite=config.overwrite) as tmp:
         onnx.save(qmodel, str(tmp))

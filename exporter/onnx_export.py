@@ -180,9 +180,7 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint | LoadedModel, output
         del model.graph.value_info[:]  # recomputed by shape inference below
         _name_batch_dim(model)
         _check_batchnorm_folded(model)
-        del model.metadata_props[:]
-        for key, value in info.to_props().items():
-            model.metadata_props.add(key=key, value=value)
+        info.write(model)
         model.doc_string = f"{info.arch} exported by rexport {__version__}"
         model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
         try:

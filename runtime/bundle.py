@@ -108,11 +108,9 @@ def _describe_model(path: Path) -> tuple[str, str, ModelInfo | None]:
         from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         backend = OnnxRuntimeBackend(path, providers=["CPUExecutionProvider"])
-        props = backend.metadata
-        if "num_classes" not in props:
+        info = ModelInfo.from_onnx(backend.metadata, backend.graph_io(), str(path))
+        if info is None:
             raise InputError(f"{path} has no rexport metadata; bundle models exported with `rexport onnx`")
-        info = ModelInfo.from_props(props)
-        info.check_graph(*backend.graph_io(), where=str(path))
         return "onnx", info.precision, info
     if path.suffix.lower() == ".engine":
         from rexport.runtime.engine_sidecar import EngineSidecar, sidecar_path

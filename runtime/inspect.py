@@ -98,9 +98,7 @@ def _inspect_onnx(path: Path) -> InspectReport:
 
     backend = OnnxRuntimeBackend(path, providers=["CPUExecutionProvider"])
     props = backend.metadata
-    info = ModelInfo.from_props(props) if "num_classes" in props else None
-    if info is not None:  # a description that does not fit the graph is refused here as everywhere
-        info.check_graph(*backend.graph_io(), where=str(path))
+    info = ModelInfo.from_onnx(props, backend.graph_io(), str(path))  # one that does not fit is refused
     session = backend.session
     io = {f"input {i.name}": f"{i.type} {i.shape}" for i in session.get_inputs()}
     io.update({f"output {o.name}": f"{o.type} {o.shape}" for o in session.get_outputs()})

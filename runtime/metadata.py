@@ -220,6 +220,31 @@ class ModelInfo:
             raise InputError(f"model description is incomplete or invalid ({type(e).__name__}: {e}); "
                              "was this file written by rexport?") from None
 
+    @classmethod
+    def from_onnx(cls, props: dict[str, str], io: tuple[list, list] | None, where: str) -> "ModelInfo | None":
+        """The description an ONNX file carries in its metadata_props (None when it carries none),
+        checked against the graph's inputs and outputs `io` when given. Every reader of an ONNX file
+        (onnx, ONNX Runtime, OpenVINO) comes here; `read` and `write` do it on an onnx ModelProto."""
+        if "num_classes" not in props:
+            return None
+        info = cls.from_props(props)
+        if io is not None:
+            info.check_graph(*io, where=where)
+        return info
+
+    @classmethod
+    def read(cls, model, where: str) -> "ModelInfo | None":
+        """`from_onnx` on an onnx ModelProto."""
+        from rexport.onnx_file import graph_io
+
+        return cls.from_onnx({p.key: p.value for p in model.metadata_props}, graph_io(model), where)
+
+    def write(self, model) -> None:
+        """Into an onnx ModelProto's metadata_props, replacing what was there."""
+        del model.metadata_props[:]
+        for key, value in self.to_props().items():
+            model.metadata_props.add(key=key, value=value)
+
     def to_props(self) -> dict[str, str]:
         """ONNX metadata_props: one key per top-level field; structured values as JSON."""
         return {k: v if isinstance(v, str) else json.dumps(v)

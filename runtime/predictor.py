@@ -210,12 +210,7 @@ def _info_from_graph(backend: Backend, path: Path) -> ModelInfo:
 def onnx_model_info(backend, path: Path) -> ModelInfo:
     """The description an ONNX file carries, checked against its graph (names, input channels and
     size, number of classes, fixed batch); the graph's own, said aloud, when it carries none."""
-    props = backend.metadata
-    if "num_classes" not in props:
-        return _info_from_graph(backend, path)
-    info = ModelInfo.from_props(props)
-    info.check_graph(*backend.graph_io(), where=str(path))
-    return info
+    return ModelInfo.from_onnx(backend.metadata, backend.graph_io(), str(path)) or _info_from_graph(backend, path)
 
 
 def open_model_file(path: Path, *, backend: str = "auto", providers="auto", threads: int | None = None,

@@ -15,7 +15,7 @@ from rexport.console import log
 from rexport.errors import InputError, field_error, require
 from rexport.exporter.tensorrt.config import BuildConfig
 from rexport.files import sha256_file
-from rexport.onnx_file import check_external_data, check_finite, check_model_path, graph_io, parse_onnx
+from rexport.onnx_file import check_external_data, check_finite, check_model_path, parse_onnx
 from rexport.runtime.metadata import ModelInfo, Precision
 from rexport.runtime.trt_compat import TensorRT
 
@@ -38,10 +38,8 @@ def read_onnx(path: str | os.PathLike) -> OnnxSummary:
     model = parse_onnx(path)  # without its external data: TensorRT's parser reads that itself
     check_external_data(model, path)
     check_finite(model, str(path))
+    info = ModelInfo.read(model, str(path))
     props = {p.key: p.value for p in model.metadata_props}
-    info = ModelInfo.from_props(props) if "num_classes" in props else None
-    if info is not None:
-        info.check_graph(*graph_io(model), where=str(path))
     has_qdq = any(n.op_type in QDQ_OPS for n in model.graph.node)
     recorded = props.get("precision", "").strip('"')
     if recorded:

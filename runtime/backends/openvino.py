@@ -28,7 +28,7 @@ import numpy as np
 from rexport.errors import InputError, RexportError, require
 from rexport.onnx_file import check_model_path, explain_unloadable
 from rexport.runtime.backends.base import Backend
-from rexport.runtime.metadata import GraphIO
+from rexport.runtime.metadata import GraphIO, ModelInfo
 
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
@@ -68,10 +68,8 @@ class OpenVinoBackend(Backend):
             raise InputError(f"expected a model with one image input, found {len(read.inputs)} inputs")
         self._metadata = _metadata(read)
         static, dynamic = (), read.inputs[0].get_partial_shape()[0].is_dynamic
-        if batch is None and "num_classes" in self._metadata:  # rexport's ONNX: its batch range
-            from rexport.runtime.metadata import ModelInfo
-
-            info = ModelInfo.from_props(self._metadata)
+        info = ModelInfo.from_onnx(self._metadata, None, str(path))
+        if batch is None and info is not None:  # rexport's ONNX: its batch range
             batch, static = (info.batch.min, info.batch.max), (info.batch.min, info.batch.opt)
         if batch is not None and dynamic:
             shape = read.inputs[0].get_partial_shape()

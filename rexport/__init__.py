@@ -8,7 +8,7 @@ Packages follow the data flow:
 
 __version__ = "0.1.0"
 
-PACKAGES = ("rexport", "rexport.exporter", "rexport.calibration", "rexport.runtime")
+PACKAGES = ("rexport", "rexport.exporter", "rexport.calibration", "rexport.runtime", "rexport.serving")
 
 
 def package_sources() -> dict[str, str]:

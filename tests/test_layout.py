@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_package_comes_from_this_checkout():
     sources = rexport.package_sources()
-    assert set(sources) == {"rexport", "rexport.exporter", "rexport.calibration", "rexport.runtime"}
+    assert set(sources) == {"rexport", "rexport.exporter", "rexport.calibration", "rexport.runtime", "rexport.serving"}
     assert set(sources.values()) == {str(ROOT)}, sources
 
 

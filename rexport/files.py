@@ -135,6 +135,18 @@ def write_error(path: PathLike, e: OSError, temporary: PathLike | None = None) -
 
 
 @contextmanager
+def _write_errors(path: Path, tmp: Path) -> Iterator[None]:
+    """A write that fails for want of space or permission becomes an InputError (write_error)."""
+    try:
+        yield
+    except OSError as e:
+        error = write_error(path, e, tmp)
+        if error is e:
+            raise
+        raise error from None
+
+
+@contextmanager
 def atomic_output(path: PathLike, *, overwrite: bool = False,
                   inputs: Iterable[PathLike | None] = ()) -> Iterator[Path]:
     """Yield a temporary path to write; it replaces `path` only if the block completes. Nothing
@@ -148,14 +160,10 @@ def atomic_output(path: PathLike, *, overwrite: bool = False,
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as e:
-        error = write_error(path, e, tmp)
-        if error is e:
-            raise
-        raise error from None
+        with _write_errors(path, tmp):
+            yield tmp
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -213,23 +221,19 @@ def atomic_directory(path: PathLike, *, overwrite: bool = False,
         raise write_error(path, e, parent) from None
     old = None
     try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
-            os.replace(path, old / "d")
-            try:
+        with _write_errors(path, tmp):
+            yield tmp
+            os.chmod(tmp, 0o755)
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
+                os.replace(path, old / "d")
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(old / "d", path)  # put the old directory back
+                    raise
+            else:
                 os.replace(tmp, path)
-            except BaseException:
-                os.replace(old / "d", path)  # put the old directory back
-                raise
-        else:
-            os.replace(tmp, path)
-    except OSError as e:
-        error = write_error(path, e, tmp)
-        if error is e:
-            raise
-        raise error from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:

@@ -122,6 +122,14 @@ def _describe_model(path: Path) -> tuple[str, str, ModelInfo | None]:
     raise InputError(f"cannot bundle {path}: expected .onnx or .engine files")
 
 
+def open_if_bundle(path: str | os.PathLike) -> tuple[Path, Bundle | None]:
+    """`path`, checked to exist, and the Bundle when it is one (the caller cleans it up)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    return path, open_bundle(path) if is_bundle(path) else None
+
+
 def write_bundle(models: list[str | os.PathLike], output: str | os.PathLike, *, inputs: np.ndarray | None = None,
                  reference_logits: np.ndarray | None = None, reference_source: str = "ONNX FP32",
                  images: list[Path] | None = None, validation: dict | None = None, default: str | None = None,

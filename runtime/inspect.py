@@ -50,13 +50,10 @@ class InspectReport:
 
 
 def inspect_model(path: str | os.PathLike) -> InspectReport:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path} does not exist")
-    from rexport.runtime.bundle import is_bundle, open_bundle
+    from rexport.runtime.bundle import open_if_bundle
 
-    if is_bundle(path):
-        bundle = open_bundle(path)
+    path, bundle = open_if_bundle(path)
+    if bundle is not None:
         try:
             m = bundle.manifest
             report = InspectReport(path, "bundle", bundle.info, details={"manifest": m})

@@ -262,13 +262,10 @@ def load(path: str | os.PathLike, *, model: str | None = None, backend: str = "a
                "cpu", "cuda", "tensorrt", or a list
     threads:   inference threads (onnxruntime intra-op, OpenVINO INFERENCE_NUM_THREADS; default: theirs)
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path} does not exist")
-    from rexport.runtime.bundle import is_bundle, open_bundle
+    from rexport.runtime.bundle import open_if_bundle
 
-    if is_bundle(path):
-        bundle = open_bundle(path)
+    path, bundle = open_if_bundle(path)
+    if bundle is not None:
         try:
             file = bundle.model_file(model)
             if backend == "auto" and providers == "auto" and path.is_dir():

@@ -108,24 +108,24 @@ class Preprocess:
     @classmethod
     def imagenet(cls, size: int | tuple[int, int] = 224, channels: str = "RGB") -> "Preprocess":
         """torchvision's classification preset: Resize(size/0.875) + CenterCrop(size)."""
-        h, w = (size, size) if isinstance(size, int) else size
-        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-        if channels == "BGR":
-            mean, std = mean[::-1], std[::-1]
-        elif channels == "L":
-            mean, std = (0.449,), (0.226,)
-        return cls((h, w), int(min(h, w) / 0.875), mean, std, channels=channels)
+        return cls._preset(size, channels, ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.449,), (0.226,)),
+                           crop_fraction=0.875)
 
     @classmethod
     def cifar(cls, size: int | tuple[int, int] = 32, channels: str = "RGB") -> "Preprocess":
         """CIFAR-10 statistics; images are resized so the shorter side equals the input."""
+        return cls._preset(size, channels, ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+                           ((0.4809,), (0.2392,)), crop_fraction=1.0)
+
+    @classmethod
+    def _preset(cls, size: int | tuple[int, int], channels: str, rgb: tuple, gray: tuple,
+                crop_fraction: float) -> "Preprocess":
+        """A dataset's (mean, std) for RGB and for grayscale; BGR reverses the RGB ones."""
         h, w = (size, size) if isinstance(size, int) else size
-        mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+        mean, std = gray if channels == "L" else rgb
         if channels == "BGR":
             mean, std = mean[::-1], std[::-1]
-        elif channels == "L":
-            mean, std = (0.4809,), (0.2392,)
-        return cls((h, w), min(h, w), mean, std, channels=channels)
+        return cls((h, w), int(min(h, w) / crop_fraction), mean, std, channels=channels)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -132,33 +132,34 @@ def rexport_rows(data: Data, out: Path, methods: list[str], ablation: bool = Fal
     from rexport.runtime.gates import Gates
 
     defaults = {f.name: f.default for f in dataclasses.fields(QuantizeConfig)}
-    default = defaults["method"]
-    common = {"data": str(data.calib_path), "samples": len(data.calib), "overwrite": True, "use_stats_cache": False}
+    default = defaults["calib_method"]
+    common = {"calib_data": str(data.calib_path), "calib_samples": len(data.calib), "overwrite": True,
+              "use_stats_cache": False}
     rows = []
     for target in ("trt", "cpu"):
         for method in methods:
             rows.append((f"rexport {method} {target}" + (" (default)" if method == default else ""),
-                         {**common, "method": method, "target": target, "val_data": str(data.budget_path),
+                         {**common, "calib_method": method, "target": target, "val_data": str(data.budget_path),
                           "val_samples": 64}, out / f"rexport-{method}-{target}.onnx"))
-    if defaults.get("refine"):  # the PTQ refinements (calibration/refine.py) off, to show what they buy
+    if defaults.get("calib_refine"):  # the PTQ refinements (calibration/refine.py) off, to show what they buy
         for target in ("trt", "cpu"):
             rows.append((f"rexport {default} {target}, refine none",
-                         {**common, "method": default, "target": target, "refine": (),
+                         {**common, "calib_method": default, "target": target, "calib_refine": (),
                           "val_data": str(data.budget_path), "val_samples": 64},
                          out / f"rexport-{default}-{target}-norefine.onnx"))
     if ablation:
         from itertools import combinations
 
-        every = defaults["refine"]
+        every = defaults["calib_refine"]
         for target in ("trt", "cpu"):
             for subset in [*combinations(every, 1), *combinations(every, len(every) - 1)]:
                 rows.append((f"rexport {default} {target}, refine {','.join(subset)}",
-                             {**common, "method": default, "target": target, "refine": subset,
+                             {**common, "calib_method": default, "target": target, "calib_refine": subset,
                               "val_data": str(data.budget_path), "val_samples": 64},
                              out / f"rexport-{default}-{target}-{'-'.join(subset)}.onnx"))
     for target in ("trt", "cpu") if budget else ():
         rows.append((f"rexport budget {100 * BUDGET:g}% {target}",
-                     {**common, "method": default, "target": target, "val_data": str(data.budget_path),
+                     {**common, "calib_method": default, "target": target, "val_data": str(data.budget_path),
                       "budget": Gates(min_agreement=BUDGET)}, out / f"rexport-budget-{target}.onnx"))
     return rows
 

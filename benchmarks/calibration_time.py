@@ -64,8 +64,9 @@ def main(argv=None) -> None:
         for refine in args.refine or ["all", "none"]:
             start = time.monotonic()
             result = quantize(fp32, work / f"calib-time-{target}-{refine}.onnx",
-                              QuantizeConfig(data=str(data), target=target, samples=SAMPLES, overwrite=True,
-                                             refine=parse_refinements(refine), use_stats_cache=False))
+                              QuantizeConfig(calib_data=str(data), target=target, calib_samples=SAMPLES,
+                                             overwrite=True, calib_refine=parse_refinements(refine),
+                                             use_stats_cache=False))
             seconds = time.monotonic() - start
             rows.append((target, refine, seconds, result.census.int8_share))
             print(f"  {target} target, refine {refine}: {seconds:.0f} s ({seconds / TARGET_SECONDS:.2f}x the "

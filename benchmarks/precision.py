@@ -102,8 +102,8 @@ def prepare(arch: str, work: Path, model, data: str | None, rebuild: bool) -> di
         out = paths[key]
         if rebuild or not out.exists() or _reduce_range(out) != uses_reduce_range(target, reduce_range):
             print(f"calibrating INT8 ({target} target) on {data} -> {out} ...", flush=True)
-            config = QuantizeConfig(data=data, target=target, reduce_range=reduce_range, samples=CALIB_SAMPLES,
-                                    overwrite=True)
+            config = QuantizeConfig(calib_data=data, target=target, reduce_range=reduce_range,
+                                    calib_samples=CALIB_SAMPLES, overwrite=True)
             print(quantize(fp32, out, config).format(), flush=True)
     return paths
 

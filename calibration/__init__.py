@@ -1,7 +1,8 @@
 """FP16 and calibrated INT8 (Q/DQ) ONNX from an FP32 ONNX. Torch-free: needs onnx + onnxruntime.
 
     from rexport.calibration import quantize, QuantizeConfig, to_fp16
-    quantize("model.onnx", "model.int8.onnx", QuantizeConfig(data="images/", method="entropy", target="trt"))
+    quantize("model.onnx", "model.int8.onnx", QuantizeConfig(calib_data="images/", calib_method="entropy",
+                                                             target="trt"))
     to_fp16("model.onnx", "model.fp16.onnx")
 """
 

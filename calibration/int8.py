@@ -49,41 +49,42 @@ class QuantizeConfig:
     """Options of `rexport calibrate`: its flags fill these fields (rexport/options.py). Errors name
     the fields; the CLI says the flags."""
 
-    data: str  # image folder, .npy/.npz, or demo[:train|:test]
-    method: str = "entropy"
+    calib_data: str  # image folder, .npy/.npz, or demo[:train|:test]
+    calib_method: str = "entropy"
     target: str = "trt"
     # cpu target: weights in [-64, 64] so x86 CPUs without VNNI compute exactly (None: yes for cpu,
     # no for trt); False keeps [-127, 127] for files that only run on x86 CPUs with VNNI
     reduce_range: bool | None = None
-    samples: int = 512
+    calib_samples: int = 512
     seed: int = 0
     percentile: float = 99.99
     preprocess: PreprocessOverrides | None = None
     val_data: str | None = None  # scores and the budget use this; default: the calibration data
     val_samples: int | None = None
     budget: Gates = Gates()
-    refine: tuple[str, ...] = REFINEMENTS  # after calibration: ranges, gptq, bias (refine.py); () for none
+    calib_refine: tuple[str, ...] = REFINEMENTS  # after calibration: ranges, gptq, bias (refine.py); () for none
     keep_float: tuple[str, ...] = ()
-    cache: str | None = None  # TensorRT 10 calibration cache path; default OUTPUT with .cache (trt target)
+    calib_cache: str | None = None  # TensorRT 10 calibration cache path; default OUTPUT with .cache (trt target)
     trt_version: str = DEFAULT_TRT_VERSION  # for the cache header
     use_stats_cache: bool = True
     batch_size: int = 16
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise field_error(self, f"method must be one of {', '.join(METHODS)}, not {self.method!r}", "method")
+        if self.calib_method not in METHODS:
+            raise field_error(self, f"calib_method must be one of {', '.join(METHODS)}, not {self.calib_method!r}",
+                              "calib_method")
         if self.target not in TARGETS:
             raise field_error(self, f"target must be trt (TensorRT: int8 symmetric) or cpu (ONNX Runtime: uint8), "
                               f"not {self.target!r}", "target")
         uses_reduce_range(self.target, self.reduce_range)  # refuses reduce_range for TensorRT
         if not 0 < self.percentile <= 100:
             raise field_error(self, f"percentile must be in (0, 100], not {self.percentile}", "percentile")
-        unknown = [r for r in self.refine if r not in REFINEMENTS]
+        unknown = [r for r in self.calib_refine if r not in REFINEMENTS]
         if unknown:
-            raise field_error(self, f"refine takes {', '.join(REFINEMENTS)}, all or none, not {unknown[0]!r}",
-                              "refine")
-        for name in ("samples", "batch_size"):
+            raise field_error(self, f"calib_refine takes {', '.join(REFINEMENTS)}, all or none, not {unknown[0]!r}",
+                              "calib_refine")
+        for name in ("calib_samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise field_error(self, f"{name} must be at least 1, not {getattr(self, name)}", name)
 
@@ -105,9 +106,9 @@ class QuantizeResult:
 
     def to_dict(self) -> dict:
         return {"output": str(self.path), "calibration_cache": str(self.cache_path) if self.cache_path else None,
-                "method": self.config.method, "target": self.config.target,
+                "method": self.config.calib_method, "target": self.config.target,
                 "reduce_range": uses_reduce_range(self.config.target, self.config.reduce_range),
-                "refine": list(self.config.refine),
+                "refine": list(self.config.calib_refine),
                 "calibration_data": self.calibration.describe(), "validation_data": self.validation.describe(),
                 "score": self.score.to_dict(), "census": self.census.to_dict(), "budget": self.budget.to_dict(),
                 "stats_cache_hit": self.stats_cache_hit, "seconds": round(self.seconds, 2), "notes": self.notes}
@@ -115,8 +116,8 @@ class QuantizeResult:
     def format(self) -> str:
         c = self.config
         s = self.score
-        lines = [f"INT8 ({c.target} target, {c.method}{_weights_note(c)}, refine: {', '.join(c.refine) or 'none'})"
-                 f" -> {self.path} "
+        lines = [f"INT8 ({c.target} target, {c.calib_method}{_weights_note(c)}, "
+                 f"refine: {', '.join(c.calib_refine) or 'none'}) -> {self.path} "
                  f"({self.path.stat().st_size / 1e6:.1f} MB, "
                  f"{self.seconds:.1f}s)",
                  f"  calibrated on {self.calibration.describe()}" +
@@ -159,13 +160,13 @@ def activation_params(model, stats: dict[str, TensorStats], method: str, target:
 def _held_out(config: QuantizeConfig, info: ModelInfo, pre, notes: list[str]):
     """Calibration data and held-out scoring data from one source (HOLDOUT samples set aside)."""
     wanted = config.val_samples or HOLDOUT
-    pool = load_dataset(config.data, info, samples=config.samples + wanted, seed=config.seed,
-                                 preprocess=pre)
+    pool = load_dataset(config.calib_data, info, samples=config.calib_samples + wanted, seed=config.seed,
+                        preprocess=pre)
     if len(pool) < MIN_HOLDOUT_POOL:
         notes.append(f"scored on the calibration data itself ({len(pool)} samples, too few to hold any out): "
-                     "the agreement is optimistic; pass --val-data with other images")
+                     "the agreement is optimistic; give other images as validation data")
         return pool, pool
-    keep = min(config.samples, len(pool) - len(pool) // 4)  # a short pool still scores on a quarter of it
+    keep = min(config.calib_samples, len(pool) - len(pool) // 4)  # a short pool still scores on a quarter of it
     return pool.split(min(wanted, len(pool) - keep), config.seed, keep=keep)
 
 
@@ -192,11 +193,11 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
     model_bytes = model.SerializeToString()
     stats, cache_hit = collect_cached(model, model_bytes, calib.inputs, calib.sha256, config.batch_size,
                                       config.use_stats_cache)
-    params = activation_params(model, stats, config.method, config.target, config.percentile)
+    params = activation_params(model, stats, config.calib_method, config.target, config.percentile)
     layers = [n.name for n in quantizable_nodes(model) if n.name not in config.keep_float]
     requested = frozenset(config.keep_float)
     refined = refine(model, params, stats, calib.inputs, target=config.target, reduce_range=config.reduce_range,
-                     refinements=config.refine, keep_float=set(requested), batch_size=config.batch_size,
+                     refinements=config.calib_refine, keep_float=set(requested), batch_size=config.batch_size,
                      seed=config.seed)
     params = refined.params
 
@@ -223,11 +224,11 @@ def quantize(onnx_path: str | os.PathLike, output: str | os.PathLike, config: Qu
 def _outputs(onnx_path: str | os.PathLike, output: str | os.PathLike,
              config: QuantizeConfig) -> tuple[Path, Path | None]:
     """The INT8 ONNX and (trt target) the calibration cache, checked before any work, never onto an input."""
-    reads = [onnx_path, *(Path(d) for d in (config.data, config.val_data) if d and Path(d).exists())]
+    reads = [onnx_path, *(Path(d) for d in (config.calib_data, config.val_data) if d and Path(d).exists())]
     output = check_output(output, overwrite=config.overwrite, inputs=reads)  # never onto an input
     cache_path = None
     if config.target == "trt":
-        cache_path = check_output(config.cache or output.with_suffix(".cache"), overwrite=config.overwrite,
+        cache_path = check_output(config.calib_cache or output.with_suffix(".cache"), overwrite=config.overwrite,
                                   inputs=[*reads, output])
     return output, cache_path
 
@@ -237,7 +238,7 @@ def _datasets(config: QuantizeConfig, info: ModelInfo, notes: list[str]) -> tupl
     pre = config.preprocess.apply(info.preprocess) if config.preprocess else info.preprocess
     if config.val_data is None:
         return _held_out(config, info, pre, notes)
-    calib = load_dataset(config.data, info, samples=config.samples, seed=config.seed, preprocess=pre)
+    calib = load_dataset(config.calib_data, info, samples=config.calib_samples, seed=config.seed, preprocess=pre)
     val = load_dataset(config.val_data, info, samples=config.val_samples, seed=config.seed,
                                 preprocess=pre)
     return calib, val
@@ -248,7 +249,8 @@ def _check_score(score: Score, budget: BudgetResult, val: Dataset, config: Quant
     if score.agreement < AGREEMENT_FLOOR:
         warning = (f"INT8 agrees with FP32 on only {fmt_pct(score.agreement)} of {val.describe()}: check "
                    "that the calibration data looks like the model's real inputs and is preprocessed the same "
-                   "way (--mean/--std/--resize), or keep sensitive layers in float (--min-agreement)")
+                   "way (mean, std, resize), or set an accuracy gate (min_agreement or max_top1_drop) that keeps "
+                   "sensitive layers in float")
         log.warning("warning: %s", warning)
         notes.append(warning)
     if config.budget.active and not score.meets(config.budget):
@@ -271,9 +273,9 @@ def _census(qmodel, budget: BudgetResult, config: QuantizeConfig, notes: list[st
 def _int8_info(info: ModelInfo, config: QuantizeConfig, calib: Dataset, counts: Census, score: Score) -> ModelInfo:
     """The INT8 model's description: its precision and how it was calibrated."""
     return info.replace(precision=Precision.int8, calibration={
-        "method": config.method, "target": config.target,
-        "reduce_range": uses_reduce_range(config.target, config.reduce_range), "refine": list(config.refine),
-        "percentile": config.percentile if config.method == "percentile" else None,
+        "method": config.calib_method, "target": config.target,
+        "reduce_range": uses_reduce_range(config.target, config.reduce_range), "refine": list(config.calib_refine),
+        "percentile": config.percentile if config.calib_method == "percentile" else None,
         "samples": len(calib), "data": calib.source, "data_sha256": calib.sha256,
         "census": counts.to_dict(), "score": score.to_dict(),
         "budget": config.budget.describe() if config.budget.active else None})
@@ -290,5 +292,5 @@ def _save(qmodel, info: ModelInfo, output: Path, config: QuantizeConfig, cache_p
         if cache_path is not None:  # trt target: every scale is the tensor's threshold / 127
             fp32_tensors = set(producers(model.graph)) | {i.name for i in model.graph.input}
             scales = {n: params[n].scale for n in stats if n in fp32_tensors}
-            write_calibration_cache(cache_path, scales, method=config.method, trt_version=config.trt_version,
+            write_calibration_cache(cache_path, scales, method=config.calib_method, trt_version=config.trt_version,
                                     overwrite=config.overwrite)

@@ -277,7 +277,7 @@ def _check_opset(model) -> None:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         raise InputError(f"INT8 with per-channel weights needs ONNX opset 13 or newer; this model has {opset}: "
-                         "re-export with --opset 17")
+                         "re-export it at opset 17 (`rexport onnx --opset 17`)")
 
 
 def _quantize_layer(node, act: Callable[[str], str | None], b: _Builder, weights: dict[str, np.ndarray],

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rexport.errors import InputError, require
+from rexport.errors import InputError, field_error, require
 from rexport.exporter import zoo
 from rexport.files import sha256_file
 
@@ -168,16 +168,17 @@ def _torch_load(path: Path, unsafe_pickle: bool):
             raise InputError(f"checkpoint {path} cannot be unpickled ({_first_line(e)})") from None
         protocol = _pickle_protocol(path)
         if "Unsupported operand" in str(e) and protocol is not None and protocol > 3:
-            raise InputError(
-                f"refusing to unpickle {path}: it was saved with pickle protocol {protocol}, which torch's safe "
-                "loader (weights_only) cannot read; re-save it with torch.save(model.state_dict(), ...) and the "
-                "default protocol or as .safetensors, or, only if you trust the file, pass --unsafe-pickle") from None
+            raise field_error(
+                "load_checkpoint", f"refusing to unpickle {path}: it was saved with pickle protocol {protocol}, which "
+                "torch's safe loader (weights_only) cannot read; re-save it with torch.save(model.state_dict(), ...) "
+                "and the default protocol or as .safetensors, or, only if you trust the file, pass unsafe_pickle=True",
+                "unsafe_pickle") from None
         unsafe = _unsafe_globals(path)
         needs = f" ({', '.join(unsafe[:4])}{', ...' if len(unsafe) > 4 else ''})" if unsafe else ""
-        raise InputError(
-            f"refusing to unpickle {path}: it contains Python objects{needs} whose loading can run "
-            "arbitrary code; re-save it with torch.save(model.state_dict(), ...) or, only if you trust "
-            "the file, pass --unsafe-pickle") from None
+        raise field_error(
+            "load_checkpoint", f"refusing to unpickle {path}: it contains Python objects{needs} whose loading can "
+            "run arbitrary code; re-save it with torch.save(model.state_dict(), ...) or, only if you trust the file, "
+            "pass unsafe_pickle=True", "unsafe_pickle") from None
     except (ModuleNotFoundError, AttributeError) as e:  # unsafe load of a class that is not importable
         raise InputError(f"checkpoint {path} needs {_first_line(e)!r} to unpickle; install the code that "
                          "defined the model or re-save its state_dict") from None
@@ -254,7 +255,8 @@ def _apply_key_map(state: dict, key_map) -> dict:
     for old, new in key_map:
         if not any(k.startswith(old) for k in state):
             sample = ", ".join(sorted({k.split(".")[0] + "." for k in state})[:6])
-            raise InputError(f"--key-map {old}={new} matches no key (keys start with {sample})")
+            raise field_error("load_model", f"key_map {old}={new} matches no key (keys start with {sample})",
+                              "key_map")
         state = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in state.items()}
     return state
 
@@ -309,7 +311,7 @@ def _describe(m: _Mismatch, limit: int = 3) -> str:
         parts.append(f"{len(m.unexpected)} unexpected (e.g. {', '.join(m.unexpected[:limit])})")
     if m.misshaped:
         shown = ", ".join(f"{k} {list(a)} vs {list(b)}" for k, a, b in m.misshaped[:limit])
-        parts.append(f"{len(m.misshaped)} mis-shaped (checkpoint vs arch: {shown})")
+        parts.append(f"{len(m.misshaped)} mis-shaped (checkpoint vs model: {shown})")
     return "; ".join(parts)
 
 
@@ -351,14 +353,16 @@ def detect_arch(checkpoint: Checkpoint, *, key_map: tuple[tuple[str, str], ...] 
     state = _normalized_state(checkpoint, key_map, [])
     head = state.get("fc.weight")
     if head is None or head.ndim != 2:
-        raise InputError(f"cannot detect the arch of {checkpoint.path.name} (no fc.weight classifier); pass --arch")
+        raise field_error("detect_arch", f"cannot detect the architecture of {checkpoint.path.name} (no fc.weight "
+                          "classifier); give arch", "arch")
     fits = _fitting_archs(state, int(head.shape[0]), _in_channels(state))
     if len(fits) == 1:
         return fits[0]
     if fits:
-        raise InputError(f"{checkpoint.path.name} fits several archs with identical weights "
-                         f"({', '.join(fits)}); pass --arch to choose")
-    raise InputError(f"no arch in the zoo fits {checkpoint.path.name} as it is; pass --arch to see what differs")
+        raise field_error("detect_arch", f"{checkpoint.path.name} fits several archs with identical weights "
+                          f"({', '.join(fits)}); give arch to choose", "arch")
+    raise field_error("detect_arch", f"no architecture in the zoo fits {checkpoint.path.name} as it is; give arch to "
+                      "see what differs", "arch")
 
 
 def load_model(checkpoint: str | os.PathLike | Checkpoint, arch: str, *, num_classes: int | None = None,
@@ -391,15 +395,17 @@ def load_model(checkpoint: str | os.PathLike | Checkpoint, arch: str, *, num_cla
     head = state.get("fc.weight")
     ckpt_classes = int(head.shape[0]) if head is not None and head.ndim == 2 else None
     if num_classes is not None and ckpt_classes is not None and num_classes != ckpt_classes:
-        raise InputError(f"the checkpoint's classifier has {ckpt_classes} outputs but num_classes={num_classes} "
-                         f"was asked; leave --num-classes out to use {ckpt_classes}")
+        raise field_error("load_model", f"the checkpoint's classifier has {ckpt_classes} outputs but "
+                          f"num_classes={num_classes} was asked; leave num_classes out to use {ckpt_classes}",
+                          "num_classes")
     classes = num_classes or ckpt_classes or spec.num_classes
     mismatch = _diff(state, expected_for(classes))
     if not mismatch.ok:
         fits = _fitting_archs(state, classes, in_channels)
-        where = f"it fits {', '.join(fits)}; pass --arch {fits[0]}" if fits else \
-            "no arch in the zoo fits it; use --key-map OLD=NEW to rename keys"
-        raise InputError(f"checkpoint {ckpt.path.name} does not fit {spec.name}: {_describe(mismatch)}; {where}")
+        where = f"it fits {', '.join(fits)}; pass arch={fits[0]!r}" if fits else \
+            "no architecture in the zoo fits it; rename key prefixes with key_map (OLD=NEW)"
+        raise field_error("load_model", f"checkpoint {ckpt.path.name} does not fit {spec.name}: "
+                          f"{_describe(mismatch)}; {where}", "arch", "key_map")
 
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
     if dtypes - {torch.float32}:

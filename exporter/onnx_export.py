@@ -26,7 +26,7 @@ import torch
 
 from rexport import __version__
 from rexport.console import fmt_err, fmt_pct, log, table
-from rexport.errors import CheckFailed, InputError, RexportError, field_error, require
+from rexport.errors import CheckFailed, InputError, RexportError, field_error, qualified, require
 from rexport.exporter import DEFAULT_OPSET, EXPORTERS
 from rexport.exporter.checkpoint import Checkpoint, LoadedModel, load_model
 from rexport.files import atomic_output, check_output
@@ -198,7 +198,8 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint | LoadedModel, output
                 raise CheckFailed(
                     f"ONNX Runtime disagrees with PyTorch beyond tolerance ({worst.inputs} inputs, batch "
                     f"{worst.batch}: max abs {fmt_err(worst.comparison.max_abs)}, {worst.comparison.tolerance_ratio:.1f}x "
-                    f"the bound); nothing was written. Loosen --atol/--rtol if this is expected", report)
+                    f"the bound); nothing was written. Loosen atol/rtol if this is expected", report,
+                    fields=qualified(Tolerance, "atol", "rtol"))
     return ExportResult(output, info, report, loaded.notes, time.monotonic() - start)
 
 
@@ -214,8 +215,8 @@ def _refuse_nonfinite(report: ParityReport) -> None:
                           "so no tolerance can make it pass: its weights overflow float32 or the checkpoint is "
                           "broken; nothing was written", report)
     raise CheckFailed(f"ONNX Runtime outputs NaN or Inf ({c.comparison.nonfinite} values, {where}) where PyTorch's "
-                      "outputs are finite, so no tolerance can make it pass; try another --opset or --exporter; "
-                      "nothing was written", report)
+                      "outputs are finite, so no tolerance can make it pass; try another opset or exporter; "
+                      "nothing was written", report, fields=qualified(ExportConfig, "opset", "exporter"))
 
 
 def model_info(loaded: LoadedModel, config: ExportConfig) -> ModelInfo:

@@ -12,9 +12,9 @@ from types import ModuleType
 class RexportError(Exception):
     """Base class of every error rexport raises on purpose.
 
-    `fields`: the API fields the message names, in the Python API's words (`method must be one of
-    ...`); each is "Owner.field" (the config class or function it belongs to) or a bare field name.
-    The CLI prints their flags instead (`--calib-method must be one of ...`, rexport/options.py)."""
+    `fields`: the API fields the message names, in the Python API's words (`calib_method must be one
+    of ...`); each is "Owner.field" (the config class or function it belongs to) or a bare field
+    name. The CLI prints their flags instead (`--calib-method must be one of ...`, rexport/options.py)."""
 
     exit_code = 1
 
@@ -58,7 +58,7 @@ def field_error(owner: object, message: str, *names: str) -> InputError:
 
 
 def qualified(owner: object, *names: str) -> tuple[str, ...]:
-    """("method",) of a QuantizeConfig -> ("QuantizeConfig.method",)."""
+    """("calib_method",) of a QuantizeConfig -> ("QuantizeConfig.calib_method",)."""
     if not isinstance(owner, str):
         owner = (owner if isinstance(owner, type) else type(owner)).__name__
     return tuple(f"{owner}.{name}" for name in names)

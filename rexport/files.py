@@ -2,7 +2,8 @@
 
 Every file rexport writes goes to a temporary name beside its destination and is renamed into
 place only when complete, so an interrupted or failed run leaves no half-written model. An
-existing output is replaced only when the caller says so (`overwrite=True`, the CLI's --force),
+existing output is replaced only when the caller says so (`overwrite=True`, the CLI's --force:
+messages name the `overwrite` field, which the CLI says as its flag),
 and never when it is one of the command's inputs (or, through a link, the same file as one); a
 directory output is never one that holds an input. Reports go through the same rule; they are
 strict JSON (`json_text`).
@@ -29,6 +30,7 @@ from pathlib import Path
 from rexport.errors import InputError
 
 PathLike = str | os.PathLike
+OVERWRITE = ("overwrite",)  # the field refusals name: every writer's `overwrite` (the CLI's --force)
 
 # errno -> what the user can do about it, for writes that fail because of where they go
 WRITE_FAILURES = {
@@ -90,10 +92,11 @@ def _refuse_inputs(path: Path, inputs: Iterable[PathLike | None], directory: boo
         if same_file(path, other):
             what = f"replace the directory {path}" if directory else f"write {path}"
             raise InputError(f"refusing to {what}: it is {other}, which this command also reads or writes "
-                             "(not even --force replaces it); choose another output")
+                             "(not even overwrite=True replaces it); choose another output", fields=OVERWRITE)
         if directory and path.is_dir() and inside(other, path):
             raise InputError(f"refusing to replace the directory {path}: it holds {other}, which this command "
-                             "also reads or writes (not even --force replaces it); choose another output")
+                             "also reads or writes (not even overwrite=True replaces it); choose another output",
+                             fields=OVERWRITE)
 
 
 def check_output(path: PathLike, *, overwrite: bool = False, inputs: Iterable[PathLike | None] = ()) -> Path:
@@ -105,7 +108,8 @@ def check_output(path: PathLike, *, overwrite: bool = False, inputs: Iterable[Pa
         raise InputError(f"{path} is a directory; give a file name for the output")
     _refuse_inputs(path, inputs)
     if path.exists() and not overwrite:
-        raise InputError(f"{path} already exists; pass --force to replace it or choose another output")
+        raise InputError(f"{path} already exists; pass overwrite=True to replace it or choose another output",
+                         fields=OVERWRITE)
     if not parent.exists():
         raise InputError(f"cannot write {path}: directory {parent} does not exist")
     if not parent.is_dir():
@@ -200,8 +204,8 @@ def check_output_dir(path: PathLike, *, overwrite: bool = False, inputs: Iterabl
         raise InputError(f"{path} exists and is not a directory; choose another output")
     _refuse_inputs(path, inputs, directory=True)
     if path.exists() and not overwrite and any(path.iterdir()):
-        raise InputError(f"{path} already exists and is not empty; pass --force to replace it "
-                         "or choose another output")
+        raise InputError(f"{path} already exists and is not empty; pass overwrite=True to replace it "
+                         "or choose another output", fields=OVERWRITE)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"cannot write {path}: directory {parent} does not exist")

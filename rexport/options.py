@@ -1,9 +1,10 @@
 """Every option of the `rexport` command, defined once.
 
 Each concept has one entry in `TABLE`, keyed by its name, which is the API field it fills
-(`calib_data` fills `BuildConfig.calib_data`; `--calib-data` on every command that takes
-calibration data) and is the parameter name of the command function. Choices come from the
-registries (`METHODS`, `TARGETS`, ...), never from a list written out again. The table also:
+(`calib_data` fills `BuildConfig.calib_data` and `QuantizeConfig.calib_data`; `--calib-data` on
+every command that takes calibration data) and is the parameter name of the command function.
+Choices come from the registries (`METHODS`, `TARGETS`, ...), never from a list written out
+again. The table also:
 
 - makes the click options of each command (`options(...)`), with per-command defaults;
 - says which option fills a field of the Python API (`find`): the CLI builds each config from
@@ -67,7 +68,7 @@ class Option:
     multiple: bool = False
     metavar: str | None = None
     short: str | None = None
-    also: tuple[str, ...] = ()  # the same concept under other API names: "QuantizeConfig.method";
+    also: tuple[str, ...] = ()  # the same concept under another API name: "ParityConfig.enabled";
     #                              "BuildConfig.precision=fp16" for a flag that sets that value
     render: Callable[[Any], str] | None = None  # a field's value as the flag's argument (default: str)
 
@@ -128,11 +129,9 @@ TABLE: dict[str, Option] = {o.name: o for o in [
     Option("unsafe_pickle", "--unsafe-pickle", "Allow a full unpickle of the checkpoint (runs code from the file: "
            "trusted files only).", flag_value=True),
     Option("images", "--images", "A folder of images: onnx also checks parity on them; bench times their "
-           "preprocessing.", FOLDER, also=("ParityConfig.images",)),
-    Option("atol", "--atol", "Parity: absolute tolerance on logits.", float, Tolerance.atol,
-           also=("Tolerance.atol",)),
-    Option("rtol", "--rtol", "Parity: relative tolerance on logits.", float, Tolerance.rtol,
-           also=("Tolerance.rtol",)),
+           "preprocessing.", FOLDER),
+    Option("atol", "--atol", "Parity: absolute tolerance on logits.", float, Tolerance.atol),
+    Option("rtol", "--rtol", "Parity: relative tolerance on logits.", float, Tolerance.rtol),
     Option("parity", "--no-parity", "Skip the ONNX Runtime vs PyTorch check.", flag_value=False, default=True,
            also=("ParityConfig.enabled",)),
     Option("fp16", "--fp16", "FP16: onnx also writes OUTPUT.fp16.onnx; trt builds an FP16 engine (from an FP16 "
@@ -149,25 +148,21 @@ TABLE: dict[str, Option] = {o.name: o for o in [
     Option("max_pixel_value", "--max-pixel-value", "Pixels are divided by this (255: 0..1, 1: 0..255).", float),
     # -- calibration
     Option("calib_data", "--calib-data", f"Calibration data: {DATA}. Also the FP16 range check's samples, and "
-           "trt's validation data unless --val-data.", metavar="DATA", also=("QuantizeConfig.data",)),
-    Option("calib_samples", "--calib-samples", "Calibration samples to use.", int, QuantizeConfig.samples,
-           also=("QuantizeConfig.samples",)),
-    Option("calib_method", "--calib-method", "Calibrator for activation ranges.", default=QuantizeConfig.method,
-           choices=METHODS,
-           also=("QuantizeConfig.method",)),
+           "trt's validation data unless --val-data.", metavar="DATA"),
+    Option("calib_samples", "--calib-samples", "Calibration samples to use.", int, QuantizeConfig.calib_samples),
+    Option("calib_method", "--calib-method", "Calibrator for activation ranges.",
+           default=QuantizeConfig.calib_method, choices=METHODS),
     Option("percentile", "--percentile", "For --calib-method percentile.", float, QuantizeConfig.percentile),
     Option("target", "--target", "trt: int8 symmetric for TensorRT; cpu: uint8 activations for ONNX Runtime on "
            "CPUs.", default=QuantizeConfig.target, choices=TARGETS),
     Option("reduce_range", "--no-reduce-range", "cpu target: weights in [-127, 127] instead of [-64, 64]; exact only "
            "on x86 CPUs with VNNI (without it, ONNX Runtime's int16 sums saturate).", flag_value=False),
     Option("calib_refine", "--calib-refine", f"After calibration: {_names(REFINEMENTS)} (range search, GPTQ weight "
-           "rounding, bias correction); a comma list, all or none.", default="all", metavar="LIST",
-           also=("QuantizeConfig.refine",)),
+           "rounding, bias correction); a comma list, all or none.", default="all", metavar="LIST"),
     Option("calib_cache", "--calib-cache", "TensorRT 10 calibration cache: calibrate writes it (trt target; default "
-           "OUTPUT with .cache); trt reads it if it exists and writes it after calibrating.", FILE,
-           also=("QuantizeConfig.cache",)),
+           "OUTPUT with .cache); trt reads it if it exists and writes it after calibrating.", FILE),
     Option("keep_float", "--keep-float", "Keep this layer (a node name) in float (repeatable).", multiple=True,
-           metavar="NODE", also=("to_fp16.keep_float",)),
+           metavar="NODE"),
     Option("use_stats_cache", "--no-stats-cache", "Recollect activation statistics instead of reading the cache.",
            flag_value=False, default=True),
     # -- validation and gates
@@ -204,13 +199,11 @@ TABLE: dict[str, Option] = {o.name: o for o in [
     Option("top_k", "--top-k", "How many classes to print per image.", int, 5, short="-k"),
     Option("family", "--family", "Only this family (e.g. resnet, cifar_resnet, preact_resnet, plain)."),
     # -- bench
-    Option("batch_sizes", "--batch-sizes", "Batch sizes to measure, comma separated (e.g. 1,8).", default="1",
-           also=("BenchConfig.batch_sizes",)),
+    Option("batch_sizes", "--batch-sizes", "Batch sizes to measure, comma separated (e.g. 1,8).", default="1"),
     Option("iterations", "--iterations", "Timed calls per model and batch size.", int, BenchConfig.iterations),
     Option("duration", "--duration", "Seconds per measurement (stops before --iterations if reached).", float),
     Option("warmup", "--warmup", "Untimed calls first.", int, BenchConfig.warmup),
-    Option("bench_threads", "--bench-threads", "Concurrent callers.", int, BenchConfig.threads,
-           also=("BenchConfig.threads",)),
+    Option("bench_threads", "--bench-threads", "Concurrent callers.", int, BenchConfig.bench_threads),
     # -- TensorRT
     Option("rtx", "--rtx", "Build with TensorRT for RTX (the default when it is the only TensorRT installed); works "
            "without a GPU.", flag_value=True, also=("BuildConfig.flavour=rtx",)),
@@ -302,8 +295,9 @@ def flag(name: str) -> str:
 
 
 def find(field: str, value: Any = None) -> Option | None:
-    """The option for an API field: "QuantizeConfig.method", "BuildConfig.precision" with the value
-    "fp16" (the flag that stands for that value), or a bare concept name."""
+    """The option for an API field: a field named as its concept ("QuantizeConfig.calib_method", or
+    a bare "calib_method"), one under another name (`also`: "ParityConfig.enabled"), or
+    "BuildConfig.precision" with the value "fp16" (the flag that stands for that value)."""
     for option in TABLE.values():
         if field in option.also or (value is not None and f"{field}={value}" in option.also):
             return option
@@ -311,8 +305,9 @@ def find(field: str, value: Any = None) -> Option | None:
 
 
 def with_flags(message: str, fields: Iterable[str]) -> str:
-    """An error message that names API fields, as the CLI says it: each field (`method`, or
-    `precision='fp16'` for a value one flag stands for) becomes its flag."""
+    """An error message that names API fields, as the CLI says it: each field (`calib_method`;
+    `precision='fp16'` for a value one flag stands for; `unsafe_pickle=True`, the value a flag
+    without an argument gives) becomes its flag."""
     for field in fields:
         word = re.escape(field.rpartition(".")[2])
 
@@ -321,9 +316,12 @@ def with_flags(message: str, fields: Iterable[str]) -> str:
             option = find(field, value)
             if option is None:
                 return m.group(0)
-            return option.flag if value is None or f"{field}={value}" in option.also else f"{option.flag} {value}"
+            stands_for = value is None or f"{field}={value}" in option.also
+            if stands_for or (option.is_flag and value == str(option.flag_value)):
+                return option.flag
+            return f"{option.flag} {value}"
 
-        message = re.sub(rf"(?<![\w-])({word})(?:=['\"]?([\w.:,-]+)['\"]?)?(?![\w-])", replace, message)
+        message = re.sub(rf"(?<![\w-])({word})(?:=['\"]?([\w.:,-]+)['\"]?)?(?![\w-]|\.\w)", replace, message)
     return message
 
 

@@ -58,7 +58,7 @@ def planned_outputs(output: str | Path, config: PipelineConfig) -> dict[str, Pat
         path = int8_path(output, config, q)
         files[f"INT8 output ({q.target})"] = path
         if q.target == "trt":
-            files[f"calibration cache ({q.target})"] = Path(q.cache) if q.cache else path.with_suffix(".cache")
+            files[f"calibration cache ({q.target})"] = Path(q.calib_cache or path.with_suffix(".cache"))
     return files
 
 

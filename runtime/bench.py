@@ -2,7 +2,7 @@
 on its own, several models in one table.
 
 Each measurement: `warmup` untimed calls, then timed calls of `run()` on a random batch until
-`iterations` calls are done or `duration` seconds have passed; with `threads` > 1, that many
+`iterations` calls are done or `duration` seconds have passed; with `bench_threads` > 1, that many
 threads call concurrently (latency per call; throughput = images / wall time).
 """
 
@@ -26,14 +26,14 @@ class BenchConfig:
     iterations: int = 100
     duration: float | None = None  # seconds per measurement; stops earlier than `iterations` if set
     warmup: int = 10
-    threads: int = 1
+    bench_threads: int = 1  # concurrent callers (`threads` is a backend's inference threads)
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise field_error(self, f"batch_sizes must be >= 1, not {self.batch_sizes}", "batch_sizes")
-        if self.iterations < 1 or self.warmup < 0 or self.threads < 1:
-            raise field_error(self, "iterations and threads must be >= 1 and warmup >= 0", "iterations", "threads",
-                              "warmup")
+        if self.iterations < 1 or self.warmup < 0 or self.bench_threads < 1:
+            raise field_error(self, "iterations and bench_threads must be >= 1 and warmup >= 0", "iterations",
+                              "bench_threads", "warmup")
         if self.duration is not None and self.duration <= 0:
             raise field_error(self, f"duration must be positive seconds, not {self.duration}", "duration")
 
@@ -129,9 +129,9 @@ def bench(models: dict[str, object], config: BenchConfig = BenchConfig(),
             x = rng.standard_normal((batch, *predictor.info.input_shape), dtype=np.float32)
             log.info("benchmarking %s at batch %d...", name, batch)
             lat, wall = measure(lambda: predictor.run(x), iterations=config.iterations, warmup=config.warmup,
-                                duration=config.duration, threads=config.threads)
+                                duration=config.duration, threads=config.bench_threads)
             ms = lat * 1000
-            rows.append(BenchRow(name, predictor.backend.name, batch, config.threads, len(lat),
+            rows.append(BenchRow(name, predictor.backend.name, batch, config.bench_threads, len(lat),
                                  float(np.percentile(ms, 50)), float(np.percentile(ms, 90)),
                                  float(np.percentile(ms, 99)), float(ms.mean()), len(lat) * batch / wall))
     first = next(iter(models.values()))

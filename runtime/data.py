@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from rexport.console import log, progress
-from rexport.errors import InputError
+from rexport.errors import InputError, one_line
 from rexport.runtime.metadata import ModelInfo
 from rexport.runtime.preprocess import Preprocess, is_image_file, preprocess_one
 
@@ -200,7 +200,7 @@ def _arrays(path: Path, info: ModelInfo, pre: Preprocess, samples: int | None, s
     except READ_ERRORS as e:
         if isinstance(e, InputError):
             raise
-        raise InputError(f"cannot read arrays from {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
+        raise InputError(f"cannot read arrays from {path}: {one_line(e)}") from None
 
 
 def _header(f, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:

@@ -6,6 +6,7 @@ builder and the runtime never test a version or probe for an attribute themselve
 `TensorRT` (a thin wrapper around the imported module) and get either the right value for this
 flavour and version or a `CompatibilityError` with one message shape:
 "X is not available on TensorRT N.M; <what to do instead>" (or "on TensorRT for RTX 1.7").
+Messages name the build options as `BuildConfig` fields; the CLI says their flags.
 
 What differs (sources: NVIDIA's TensorRT 10.x and 11.x Python API references and binding sources,
 the "TensorRT 10.x to 11.x" migration guide, and the TensorRT for RTX 1.x documentation on
@@ -36,11 +37,12 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from rexport.errors import CompatibilityError, InputError, MissingDependency, require
+from rexport.errors import CompatibilityError, InputError, MissingDependency, qualified, require
 
 CALIBRATION_METHODS = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
 HARDWARE_COMPATIBILITY = {"none": "NONE", "ampere_plus": "AMPERE_PLUS",
                           "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
+BUILD = "BuildConfig"  # the owner of the fields messages name (rexport.exporter.tensorrt.BuildConfig)
 # trt.ILogger.Severity member names, most severe first.
 SEVERITIES = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
 
@@ -189,9 +191,10 @@ class TensorRT:
         """TensorRT 10.x: weak typing, precision flags and calibrators still exist."""
         return not self.rtx and self.version.major == 10
 
-    def unavailable(self, feature: str, instead: str = "") -> CompatibilityError:
-        """The one message shape for a flavour or version gap."""
-        return CompatibilityError(f"{feature} is not available on {self.name}" + (f"; {instead}" if instead else ""))
+    def unavailable(self, feature: str, instead: str = "", fields: tuple[str, ...] = ()) -> CompatibilityError:
+        """The one message shape for a flavour or version gap; `fields`: the BuildConfig fields it names."""
+        return CompatibilityError(f"{feature} is not available on {self.name}" + (f"; {instead}" if instead else ""),
+                                  fields=qualified(BUILD, *fields))
 
     # -- networks --------------------------------------------------------------------------
     def network_flags(self, typing: str) -> int:
@@ -203,21 +206,23 @@ class TensorRT:
             raise ValueError(f"typing must be strong, weak or default, not {typing!r}")
         if not self.legacy:
             if typing == "weak":
-                raise self.unavailable("a weakly typed network (--weakly-typed)",
-                                       "networks are always strongly typed: precision comes from the ONNX")
+                raise self.unavailable("a weakly typed network (weakly_typed)",
+                                       "networks are always strongly typed: precision comes from the ONNX",
+                                       ("weakly_typed",))
             return 0  # strongly typed is implicit on 11 and RTX
         if typing != "strong":
             return 0
         flag = getattr(self.trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
         if flag is None:
-            raise self.unavailable("NetworkDefinitionCreationFlag.STRONGLY_TYPED", "pass --weakly-typed or upgrade TensorRT")
+            raise self.unavailable("NetworkDefinitionCreationFlag.STRONGLY_TYPED",
+                                   "pass weakly_typed=True or upgrade TensorRT", ("weakly_typed",))
         return 1 << int(flag)
 
     # -- precision flags (10.x) ------------------------------------------------------------
-    def require_precision_flag(self, name: str, instead: str = "") -> None:
+    def require_precision_flag(self, name: str, instead: str = "", fields: tuple[str, ...] = ()) -> None:
         if not self.legacy:
             raise self.unavailable(f"BuilderFlag.{name}", instead or "precision comes from the ONNX (FP16 types, "
-                                                                      "Q/DQ for INT8)")
+                                                                      "Q/DQ for INT8)", fields)
 
     def set_precision_flags(self, config: Any, *, fp16: bool = False, int8: bool = False) -> list[str]:
         """Set BuilderFlag.FP16 / INT8 on a weakly typed 10.x build; returns the names set."""
@@ -232,34 +237,37 @@ class TensorRT:
     def calibrator_base(self, method: str) -> type:
         """The TensorRT calibrator class a legacy calibrator subclasses."""
         if method not in CALIBRATION_METHODS:
-            raise InputError(f"the legacy calibrator takes --calib-method {' or '.join(CALIBRATION_METHODS)}, "
-                             f"not {method!r}")
+            raise InputError(f"the legacy calibrator takes calib_method {' or '.join(CALIBRATION_METHODS)}, "
+                             f"not {method!r}", fields=qualified(BUILD, "calib_method"))
         if not self.legacy:
-            raise self.unavailable(f"the INT8 calibrator ({CALIBRATION_METHODS[method]}, --legacy-calibrator)",
-                                   "leave out --legacy-calibrator: rexport writes a Q/DQ ONNX instead")
+            raise self.unavailable(f"the INT8 calibrator ({CALIBRATION_METHODS[method]}, legacy_calibrator)",
+                                   "leave out legacy_calibrator: rexport writes a Q/DQ ONNX instead",
+                                   ("legacy_calibrator",))
         return getattr(self.trt, CALIBRATION_METHODS[method])
 
     def set_calibrator(self, config: Any, calibrator: Any, profile: Any | None) -> None:
         if not self.legacy:
             raise self.unavailable("IBuilderConfig.int8_calibrator",
-                                   "leave out --legacy-calibrator: rexport writes a Q/DQ ONNX instead")
+                                   "leave out legacy_calibrator: rexport writes a Q/DQ ONNX instead",
+                                   ("legacy_calibrator",))
         config.int8_calibrator = calibrator
         if profile is not None:
             config.set_calibration_profile(profile)
 
     def require_calibration_cache(self) -> None:
         if self.rtx:
-            raise self.unavailable("a calibration cache (--calib-cache)", "leave it out: the scales live in the "
-                                                                          "Q/DQ ONNX")
+            raise self.unavailable("a calibration cache (calib_cache)", "leave it out: the scales live in the "
+                                                                        "Q/DQ ONNX", ("calib_cache",))
 
     # -- builder options -------------------------------------------------------------------
     def hardware_compatibility(self, level: str) -> Any:
         if level not in HARDWARE_COMPATIBILITY:
-            raise InputError(f"hardware compatibility must be one of {', '.join(HARDWARE_COMPATIBILITY)}, "
-                             f"not {level!r}")
+            raise InputError(f"hardware_compatibility must be one of {', '.join(HARDWARE_COMPATIBILITY)}, "
+                             f"not {level!r}", fields=qualified(BUILD, "hardware_compatibility"))
         if self.rtx:
-            raise self.unavailable("a hardware compatibility level (--hardware-compat)",
-                                   "list the target GPUs with --compute-capability instead")
+            raise self.unavailable("a hardware compatibility level (hardware_compatibility)",
+                                   "list the target GPUs in compute_capabilities instead",
+                                   ("hardware_compatibility", "compute_capabilities"))
         enum = getattr(self.trt, "HardwareCompatibilityLevel", None)
         member = getattr(enum, HARDWARE_COMPATIBILITY[level], None) if enum is not None else None
         if member is None:
@@ -268,29 +276,30 @@ class TensorRT:
 
     def require_version_compatible(self) -> None:
         if self.rtx:
-            raise self.unavailable("a version-compatible engine (--version-compatible)",
-                                   "its engines load only on the release that built them: rebuild after upgrading")
+            raise self.unavailable("a version-compatible engine (version_compatible)",
+                                   "its engines load only on the release that built them: rebuild after upgrading",
+                                   ("version_compatible",))
 
     def require_timing_cache(self) -> None:
         if self.rtx:
-            raise self.unavailable("a timing cache (--timing-cache)",
+            raise self.unavailable("a timing cache (timing_cache)",
                                    "it chooses kernels on the device, and the runtime cache beside the engine "
-                                   "keeps them")
+                                   "keeps them", ("timing_cache",))
 
     def check_dla(self, builder: Any | None, core: int) -> None:
         """DLA core `core` is usable here, or a CompatibilityError saying why not (no builder: the version only)."""
         if self.rtx or not dla_supported(self.version):
             raise self.unavailable("DLA", "DLA needs TensorRT <= 10.7, or 11.4.1+ on Jetson AGX Orin; "
-                                          "leave out --dla-core to build for the GPU")
+                                          "leave out dla_core to build for the GPU", ("dla_core",))
         if builder is None:
             return
         cores = int(getattr(builder, "num_DLA_cores", 0) or 0)
         if cores == 0:
             raise CompatibilityError("this device has no DLA cores (DLA exists on Jetson AGX Orin and Xavier); "
-                                     "leave out --dla-core to build for the GPU")
+                                     "leave out dla_core to build for the GPU", fields=qualified(BUILD, "dla_core"))
         if not 0 <= core < cores:
-            raise InputError(f"--dla-core {core} does not exist: this device has {cores} DLA core(s), "
-                             f"numbered 0 to {cores - 1}")
+            raise InputError(f"dla_core={core} does not exist: this device has {cores} DLA core(s), "
+                             f"numbered 0 to {cores - 1}", fields=qualified(BUILD, "dla_core"))
 
     def use_dla(self, config: Any, core: int, gpu_fallback: bool) -> None:
         config.default_device_type = self.trt.DeviceType.DLA
@@ -302,9 +311,10 @@ class TensorRT:
     def compute_capabilities(self) -> list[str]:
         """The compute capabilities this RTX release can build for ("7.5", "8.6", "12.0", ...)."""
         if not self.rtx:
-            raise self.unavailable("choosing target compute capabilities (--compute-capability)",
+            raise self.unavailable("choosing target compute capabilities (compute_capabilities)",
                                    "TensorRT builds for the GPU it runs on: build on the target device "
-                                   "(or use --hardware-compat ampere_plus)")
+                                   "(or use hardware_compatibility='ampere_plus')",
+                                   ("compute_capabilities", "hardware_compatibility"))
         members = getattr(self.trt.ComputeCapability, "__members__", {})
         found = [parse_compute_capability(m) for m in members if re.fullmatch(r"SM\d{2,3}", m)]
         return [format_compute_capability(cc) for cc in sorted(found)]
@@ -331,10 +341,11 @@ class TensorRT:
                 raise CompatibilityError(f"{self.name} refused target compute capability {member}")
 
     def build_failure_hint(self, reason: str) -> str:
-        """What to do about a build TensorRT gave up on, where this flavour has a known cause."""
+        """What to do about a build TensorRT gave up on, where this flavour has a known cause (naming
+        BuildConfig's precision and compute_capabilities)."""
         if self.rtx and "Turing (SM75)" in reason and "FP32 GEMM" in reason:
-            return (f"{self.name} has no FP32 GEMM on Turing (7.5): build with --fp16, or leave 7.5 out "
-                    "of --compute-capability")
+            return (f"{self.name} has no FP32 GEMM on Turing (7.5): build with precision='fp16', or leave 7.5 out "
+                    "of compute_capabilities")
         return "run with -v for TensorRT's full log"
 
     # -- runtime ---------------------------------------------------------------------------

@@ -93,7 +93,8 @@ def demo_bundle(demo_fp32, tmp_path_factory) -> Path:
     from rexport.runtime.bundle import make_bundle
 
     root = tmp_path_factory.mktemp("bundle")
-    int8 = quantize(demo_fp32, root / "demo.int8.onnx", QuantizeConfig(data="demo:train", samples=128, target="cpu"))
+    int8 = quantize(demo_fp32, root / "demo.int8.onnx",
+                    QuantizeConfig(calib_data="demo:train", calib_samples=128, target="cpu"))
     images = root / "images"
     from PIL import Image
 

@@ -33,7 +33,7 @@ def test_an_output_is_never_an_input_even_with_force(tmp_path, monkeypatch, link
         monkeypatch.chdir(tmp_path)
         out = "./sub/../m.onnx"
         (tmp_path / "sub").mkdir()
-    with pytest.raises(InputError, match="not even --force"):
+    with pytest.raises(InputError, match="not even overwrite=True"):
         write_json(out, {"x": 1}, overwrite=True, inputs=[None, "demo:test", model])
     assert model.read_bytes() == b"model"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -42,7 +42,7 @@ def test_an_output_is_never_an_input_even_with_force(tmp_path, monkeypatch, link
 def test_an_existing_report_needs_force(tmp_path):
     out = tmp_path / "r.json"
     out.write_text("old")
-    with pytest.raises(InputError, match="already exists; pass --force"):
+    with pytest.raises(InputError, match="already exists; pass overwrite=True"):
         write_json(out, {"x": 1})
     assert out.read_text() == "old"
     write_json(out, {"x": float("nan")}, overwrite=True)
@@ -61,7 +61,7 @@ def test_protected_inputs_are_never_replaced_by_any_writer(tmp_path):
     (tmp_path / "link.onnx").symlink_to(model)
     with protect([model, None]):
         for target in (model, tmp_path / "link.onnx"):
-            with pytest.raises(InputError, match="not even --force"):
+            with pytest.raises(InputError, match="not even overwrite=True"):
                 with atomic_output(target, overwrite=True) as tmp:
                     tmp.write_bytes(b"oops")
         with pytest.raises(InputError, match="holds .*m.onnx"):  # a directory output holding an input

@@ -74,8 +74,9 @@ def test_external_data_model_works_everywhere_calibrate_included(tmp_path, tiny_
     assert read_model(ext)[1] == read_model(tiny_model)[1]
     assert to_fp16(ext, tmp_path / "tiny.fp16.onnx").path.is_file()
     data = write_tiny_dataset(tmp_path / "tiny.npz", tiny_model)
-    result = quantize(ext, tmp_path / "tiny.int8.onnx", QuantizeConfig(data=str(data), samples=32, target="cpu",
-                                                                       refine=(), use_stats_cache=False))
+    result = quantize(ext, tmp_path / "tiny.int8.onnx",
+                      QuantizeConfig(calib_data=str(data), calib_samples=32, target="cpu", calib_refine=(),
+                                     use_stats_cache=False))
     assert result.score.agreement > 0.9
     with load(result.path) as int8:
         assert int8.run(x).shape == (8, NUM_CLASSES)
@@ -173,7 +174,7 @@ def test_nan_model_is_refused_by_fp16_and_calibrate(tmp_path, nan_model):
     with pytest.raises(InputError, match="NaN or Inf"):
         to_fp16(nan_model, tmp_path / "f.onnx")
     with pytest.raises(InputError, match="NaN or Inf"):
-        quantize(nan_model, tmp_path / "q.onnx", QuantizeConfig(data="demo", samples=8))
+        quantize(nan_model, tmp_path / "q.onnx", QuantizeConfig(calib_data="demo", calib_samples=8))
     assert not list(tmp_path.iterdir())
 
 

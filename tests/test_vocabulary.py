@@ -144,11 +144,13 @@ def test_json_dash_prints_the_report_and_json_file_writes_it(tmp_path, demo_fp32
 @pytest.mark.parametrize("make, api, cli_args, flags", [
     (lambda: __import__("rexport.exporter.tensorrt", fromlist=["BuildConfig"]).BuildConfig(fp16_flag=True),
      "fp16_flag goes with precision='fp16'", ["trt", "m.onnx", "--fp16-flag"], "--fp16-flag goes with --fp16"),
-    (lambda: __import__("rexport.calibration", fromlist=["QuantizeConfig"]).QuantizeConfig(data="demo", samples=0),
-     "samples must be at least 1, not 0", ["calibrate", "m.onnx", "--calib-data", "demo", "--calib-samples", "0"],
+    (lambda: __import__("rexport.calibration", fromlist=["QuantizeConfig"]).QuantizeConfig(calib_data="demo",
+                                                                                           calib_samples=0),
+     "calib_samples must be at least 1, not 0",
+     ["calibrate", "m.onnx", "--calib-data", "demo", "--calib-samples", "0"],
      "--calib-samples must be at least 1, not 0"),
-    (lambda: __import__("rexport.runtime.bench", fromlist=["BenchConfig"]).BenchConfig(threads=0, warmup=-1),
-     "iterations and threads must be >= 1 and warmup >= 0", ["bench", "m.onnx", "--bench-threads", "0"],
+    (lambda: __import__("rexport.runtime.bench", fromlist=["BenchConfig"]).BenchConfig(bench_threads=0, warmup=-1),
+     "iterations and bench_threads must be >= 1 and warmup >= 0", ["bench", "m.onnx", "--bench-threads", "0"],
      "--iterations and --bench-threads must be >= 1 and --warmup >= 0"),
 ])
 def test_api_errors_name_fields_and_the_cli_names_flags(tmp_path, monkeypatch, make, api, cli_args, flags):
@@ -158,6 +160,30 @@ def test_api_errors_name_fields_and_the_cli_names_flags(tmp_path, monkeypatch, m
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, cli_args)
     assert result.exit_code == 1 and f"error: {flags}\n" in result.output, result.output
+
+
+def test_config_fields_are_named_as_their_concepts():
+    """A config field is named as the concept it fills (`QuantizeConfig.calib_method`, as in
+    `BuildConfig` and `--calib-method`): the few under another name are listed in the table's
+    `also`, and each of those names a field that exists."""
+    from dataclasses import fields
+
+    from rexport.calibration import QuantizeConfig
+    from rexport.exporter import ExportConfig, ParityConfig
+    from rexport.exporter.tensorrt import BuildConfig
+    from rexport.runtime.bench import BenchConfig
+    from rexport.runtime.gates import Gates, Tolerance
+    from rexport.runtime.preprocess import PreprocessOverrides
+
+    configs = {c.__name__: c for c in (QuantizeConfig, ExportConfig, ParityConfig, BuildConfig, BenchConfig, Gates,
+                                       Tolerance, PreprocessOverrides)}
+    aliases = {a.partition("=")[0] for o in TABLE.values() for a in o.also if a.split(".")[0] in configs}
+    assert aliases == {"ParityConfig.enabled", "BuildConfig.precision", "BuildConfig.flavour"}
+    for alias in aliases:
+        owner, _, name = alias.partition(".")
+        assert name in {f.name for f in fields(configs[owner])}, alias
+    assert {f.name for f in fields(QuantizeConfig)} >= {"calib_data", "calib_method", "calib_samples", "calib_refine",
+                                                        "calib_cache", "val_data", "val_samples", "keep_float"}
 
 
 def test_the_rebuild_command_is_the_trt_command_for_the_same_config():

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from rexport.console import log
-from rexport.errors import CheckFailed, CompatibilityError, InputError, MissingDependency, RexportError
+from rexport.errors import (CheckFailed, CompatibilityError, InputError, MissingDependency, RexportError, field_error,
+                            qualified)
 from rexport.exporter.tensorrt.caches import TimingCache, legacy_calibrator, save_calibration_cache
 from rexport.exporter.tensorrt.config import BuildConfig, default_engine_name, format_shape
 from rexport.exporter.tensorrt.network import network_inputs, parser_errors, profile_shapes
@@ -154,12 +155,13 @@ def target_gpus(compat: TensorRT, config: BuildConfig) -> Targets:
     if gpu is not None:
         if gpu.compute_capability_str not in supported:
             raise CompatibilityError(f"this GPU ({gpu.name}, compute capability {gpu.compute_capability_str}) is not "
-                                     f"one {compat.name} builds for ({', '.join(supported)}); pass "
-                                     "--compute-capability to build for RTX GPUs ahead of time, or use TensorRT here")
+                                     f"one {compat.name} builds for ({', '.join(supported)}); give "
+                                     "compute_capabilities to build for RTX GPUs ahead of time, or use TensorRT here",
+                                     fields=qualified(config, "compute_capabilities"))
         return Targets(gpu, None)
     targets = tuple(t for t in DEFAULT_RTX_TARGETS if t in supported)
     return Targets(None, targets, f"no GPU here: built ahead of time for compute capabilities {', '.join(targets)} "
-                                  "(RTX 30, 40 and 50 series; --compute-capability chooses)")
+                                  "(RTX 30, 40 and 50 series), as none were given")
 
 
 def build_engine(source: str | os.PathLike, output: str | os.PathLike | None = None,
@@ -243,9 +245,9 @@ def _validation(config: BuildConfig, targets: Targets, onnx_path: Path, source: 
                      "--val-data DIR` (or `rexport selftest BUNDLE`)")
     if validate and reference is None:
         notes.append(f"{onnx_path.name} is {source.precision}: validated against ONNX Runtime on the same file; "
-                     "pass --reference MODEL.onnx (the FP32 export) to compare with FP32")
+                     "give the FP32 export as the reference to compare with FP32")
     if reference is not None and not reference.is_file():
-        raise InputError(f"--reference {reference} does not exist")
+        raise field_error(config, f"reference {reference} does not exist", "reference")
     return validate, reference
 
 
@@ -283,8 +285,8 @@ def _validated(engine: Path, sidecar: EngineSidecar, reference: Path | None, bui
                              config, info)
     if not report.passed:
         raise CheckFailed(f"the TensorRT engine disagrees with {(reference or built_from_path).name} "
-                          "beyond tolerance; nothing was written (see the report; --no-validate skips "
-                          "the check)", report)
+                          "beyond tolerance; nothing was written (see the report; validate=False skips "
+                          "the check)", report, fields=qualified(config, "validate"))
     return report
 
 
@@ -358,6 +360,7 @@ def _build(compat: TensorRT, onnx: OnnxSummary, plan: PrecisionPlan, config: Bui
         raise RexportError(f"feeding calibration batches to TensorRT failed: {calibrator.error}")
     if serialized is None:
         reason = logger.explain(since)
-        raise RexportError(f"{compat.name} could not build the engine: {reason} ({compat.build_failure_hint(reason)})")
+        raise RexportError(f"{compat.name} could not build the engine: {reason} ({compat.build_failure_hint(reason)})",
+                           fields=qualified(config, "precision", "compute_capabilities"))
     return _Built(bytes(memoryview(serialized)), time.monotonic() - started, shapes,
                   timing if timing.cache is not None else None, calibrator)

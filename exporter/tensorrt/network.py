@@ -29,7 +29,7 @@ def parser_errors(parser: Any, onnx_name: str, limit: int = 5) -> str:
         parts = ["no error reported by the parser"]
     more = f"; and {len(parts) - limit} more" if len(parts) > limit else ""
     return (f"TensorRT's ONNX parser rejected {onnx_name}: " + "; ".join(parts[:limit]) + more
-            + " (check the ops against onnx-tensorrt's operators.md, or re-export with another --opset)")
+            + " (check the ops against onnx-tensorrt's operators.md, or re-export it at another opset)")
 
 
 def network_inputs(network: Any) -> Shapes:
@@ -70,7 +70,7 @@ def profile_shapes(inputs: Shapes, config: BuildConfig, info: ModelInfo | None) 
             out[name] = ((batch.min, *rest), (batch.opt, *rest), (batch.max, *rest))
         else:
             if config.batch is not None and not (batch.static and batch.min == dims[0]):
-                raise InputError(f"input {name} has a fixed batch of {dims[0]}, so --batch {batch} cannot apply; "
-                                 "re-export the ONNX with `rexport onnx --batch MIN:OPT:MAX`")
+                raise field_error(config, f"input {name} takes only batches of {dims[0]}, so batch={batch} cannot "
+                                  "apply; re-export the ONNX with `rexport onnx --batch MIN:OPT:MAX`", "batch")
             out[name] = (dims, dims, dims)
     return out

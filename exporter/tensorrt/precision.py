@@ -101,7 +101,8 @@ def plan_precision(source: OnnxSummary, config: BuildConfig, compat: TensorRT) -
         how, precision = Route.AS_GIVEN, src
 
     if how == Route.FP16_FLAG:
-        compat.require_precision_flag("FP16", "leave out --fp16-flag: rexport converts the ONNX to FP16 instead")
+        compat.require_precision_flag("FP16", "leave out fp16_flag: rexport converts the ONNX to FP16 instead",
+                                      ("fp16_flag",))
     if how == Route.LEGACY_CALIBRATOR:
         compat.calibrator_base(config.calib_method)  # raises on TensorRT 11
     has_qdq = source.has_qdq or how == Route.QUANTIZE
@@ -142,9 +143,9 @@ def prepare_onnx(source: OnnxSummary, plan: PrecisionPlan, config: BuildConfig, 
         log.info("calibrating %s to INT8 Q/DQ (%s, %d samples)...", source.path.name, config.calib_method,
                  config.calib_samples)
         result = quantize(source.path, work / f"{stem}.int8.onnx",
-                          QuantizeConfig(data=config.calib_data, method=config.calib_method, target="trt",
-                                         samples=config.calib_samples, seed=config.seed, overwrite=True,
-                                         refine=parse_refinements(config.calib_refine),
+                          QuantizeConfig(calib_data=config.calib_data, calib_method=config.calib_method, target="trt",
+                                         calib_samples=config.calib_samples, seed=config.seed, overwrite=True,
+                                         calib_refine=parse_refinements(config.calib_refine),
                                          trt_version=trt_version))
         return Path(result.path), result
     return source.path, None

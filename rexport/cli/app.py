@@ -13,7 +13,7 @@ import click
 
 from rexport import __version__
 from rexport.console import log, setup_logging
-from rexport.errors import RexportError
+from rexport.errors import RexportError, one_line
 from rexport.options import flag, renamed, with_flags
 
 
@@ -34,10 +34,6 @@ def _terminate(signum, frame) -> None:
 
 
 TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-def one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 class RexportCommand(click.Command):

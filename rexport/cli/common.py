@@ -131,4 +131,4 @@ def quantize_config(o: dict, **extra):
     from rexport.runtime.gates import Gates
     from rexport.calibration.refine import parse_refinements
 
-    return fill(QuantizeConfig, o, refine=parse_refinements(o["calib_refine"]), budget=fill(Gates, o), **extra)
+    return fill(QuantizeConfig, o, calib_refine=parse_refinements(o["calib_refine"]), budget=fill(Gates, o), **extra)

@@ -61,9 +61,9 @@ def _write_images(split: data.Split, root: Path) -> None:
 
 def _check_output_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise InputError(f"{out} exists and is not a directory; choose another --output")
+        raise InputError(f"{out} exists and is not a directory; choose another output")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise InputError(f"{out} exists and was not written by `rexport demo`; choose another --output")
+        raise InputError(f"{out} exists and was not written by `rexport demo`; choose another output")
     if (out / MARKER).exists():
         log.info("replacing the previous demo output in %s", out)
 
@@ -87,7 +87,7 @@ def run_demo(output: str | Path = "rexport-demo") -> DemoResult:
             ExportConfig(arch=data.ARCH, labels=data.LABELS, preprocess=data.demo_preprocess(),
                          parity=ParityConfig(images=held_out)),
             fp16=True, fp16_data="demo:train",
-            int8=tuple(QuantizeConfig(data="demo:train", val_data="demo:test", method="entropy", target=target)
+            int8=tuple(QuantizeConfig(calib_data="demo:train", val_data="demo:test", target=target)
                        for target in sorted(TARGETS)),  # cpu first: a bundle's "int8" is its first, for CPUs
             bundle=str(tmp / "bundle"), val_data=held_out, gates=Gates(max_top1_drop=0.5))
         result = run_pipeline(data.WEIGHTS_FILE, tmp / "resnet20_digits.onnx", config)

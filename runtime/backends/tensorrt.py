@@ -191,7 +191,8 @@ class TensorRTBackend(Backend):
             raise InputError(f"input has {len(shape)} dimensions but the engine takes {len(lo)}")
         if not lo[0] <= shape[0] <= hi[0]:
             raise InputError(f"batch {shape[0]} is outside this engine's profile ({lo[0]} to {hi[0]}); split larger "
-                             "batches (Predictor does) or rebuild with a wider --batch")
+                             "batches (Predictor does) or rebuild it with a wider batch range "
+                             "(`rexport trt --batch MIN:OPT:MAX`)")
         for axis in range(1, len(shape)):
             if not lo[axis] <= shape[axis] <= hi[axis]:
                 raise InputError(f"input dimension {axis} is {shape[axis]} but the engine takes {lo[axis]} to "

@@ -24,7 +24,7 @@ HELD_OUT = "demo:test"
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
 def test_each_calibrator_keeps_top1_within_half_a_point(demo_fp32, tmp_path, method, target):
     result = quantize(demo_fp32, tmp_path / "q.onnx",
-                      QuantizeConfig(data="demo:train", val_data=HELD_OUT, method=method, target=target))
+                      QuantizeConfig(calib_data="demo:train", val_data=HELD_OUT, calib_method=method, target=target))
     s = result.score
     assert len(result.validation) == 360 and s.reference_top1 >= 0.97
     assert s.top1_drop <= 0.5, f"{method}/{target}: FP32 {s.reference_top1:.4f} INT8 {s.top1:.4f}"
@@ -58,25 +58,27 @@ def _fused_and_qdq_logits(path, inputs: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def test_trying_another_method_reuses_the_statistics(demo_fp32, tmp_path, monkeypatch):
-    first = quantize(demo_fp32, tmp_path / "a.onnx", QuantizeConfig(data="demo:train", samples=64, method="minmax"))
+    first = quantize(demo_fp32, tmp_path / "a.onnx",
+                     QuantizeConfig(calib_data="demo:train", calib_samples=64, calib_method="minmax"))
     import rexport.calibration.stats as stats
 
     def no_model_runs(*args, **kwargs):
         raise AssertionError("the model ran again although its statistics are cached")
 
     monkeypatch.setattr(stats, "collect", no_model_runs)
-    second = quantize(demo_fp32, tmp_path / "b.onnx", QuantizeConfig(data="demo:train", samples=64, method="mse"))
+    second = quantize(demo_fp32, tmp_path / "b.onnx",
+                      QuantizeConfig(calib_data="demo:train", calib_samples=64, calib_method="mse"))
     assert second.stats_cache_hit and first.path.exists()
     with pytest.raises(AssertionError, match="ran again"):  # other data: must collect again
-        quantize(demo_fp32, tmp_path / "c.onnx", QuantizeConfig(data="demo:train", samples=65))
+        quantize(demo_fp32, tmp_path / "c.onnx", QuantizeConfig(calib_data="demo:train", calib_samples=65))
 
 
 def test_budget_keeps_the_worst_layers_in_float_until_it_holds(demo_fp32, tmp_path):
     # A deliberately poor calibration (clipping 1% of every activation) costs several points; the
     # budget must then keep layers in float, most sensitive first, until top-1 is back within 0.5.
     # (no refinements: the range search would repair the clipping)
-    crude_config = QuantizeConfig(data="demo:train", val_data=HELD_OUT, method="percentile", percentile=99.0,
-                                  refine=())
+    crude_config = QuantizeConfig(calib_data="demo:train", val_data=HELD_OUT, calib_method="percentile",
+                                  percentile=99.0, calib_refine=())
     crude = quantize(demo_fp32, tmp_path / "crude.onnx", crude_config)
     assert crude.score.top1_drop > 0.5  # the premise: without the budget it misses
     result = quantize(demo_fp32, tmp_path / "q.onnx", replace(crude_config, budget=Gates(max_top1_drop=0.5)))
@@ -105,7 +107,7 @@ def test_calibration_is_reproducible_across_processes(demo_fp32, tmp_path):
     for seed in ("1", "2"):
         out = tmp_path / f"q{seed}.onnx"
         code = ("import sys; from rexport.calibration import QuantizeConfig, quantize; "
-                "quantize(sys.argv[1], sys.argv[2], QuantizeConfig(data='demo:train', samples=96))")
+                "quantize(sys.argv[1], sys.argv[2], QuantizeConfig(calib_data='demo:train', calib_samples=96))")
         subprocess.run([sys.executable, "-c", code, str(demo_fp32), str(out)], check=True, capture_output=True,
                        env={**os.environ, "PYTHONHASHSEED": seed})
         digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
@@ -141,25 +143,26 @@ def test_agreement_floor_works_without_labels(demo_fp32, tmp_path):
     arrays = load_dataset("demo:test", info, samples=None).inputs
     np.save(tmp_path / "unlabelled.npy", arrays)
     result = quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(
-        data="demo:train", val_data=str(tmp_path / "unlabelled.npy"), budget=Gates(min_agreement=0.99)))
+        calib_data="demo:train", val_data=str(tmp_path / "unlabelled.npy"), budget=Gates(min_agreement=0.99)))
     assert result.score.top1 is None and result.score.agreement >= 0.99
     with pytest.raises(InputError, match="needs labelled data"):
         quantize(demo_fp32, tmp_path / "r.onnx", QuantizeConfig(
-            data="demo:train", val_data=str(tmp_path / "unlabelled.npy"), budget=Gates(max_top1_drop=0.5)))
+            calib_data="demo:train", val_data=str(tmp_path / "unlabelled.npy"), budget=Gates(max_top1_drop=0.5)))
 
 
 def test_a_budget_is_always_reachable(demo_fp32, tmp_path):
     """cpu target, crudely calibrated: even a 100% agreement budget is met, because the Adds and
     pooling follow the convs kept in float (they once stayed uint8 whatever the budget kept)."""
     result = quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(
-        data="demo:train", val_data=HELD_OUT, method="percentile", percentile=10.0, target="cpu", refine=(),
+        calib_data="demo:train", val_data=HELD_OUT, calib_method="percentile", percentile=10.0, target="cpu",
+        calib_refine=(),
         budget=Gates(min_agreement=1.0)))
     assert result.score.agreement == 1.0 and result.budget.steps[0][1].agreement < 0.9
     assert 0 < len(result.budget.kept) == len(result.census.float)
 
 
 def test_calibration_cache_round_trip(demo_fp32, tmp_path):
-    result = quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(data="demo:train", samples=64))
+    result = quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(calib_data="demo:train", calib_samples=64))
     header, scales = read_calibration_cache(result.cache_path)
     assert header == "TRT-100300-EntropyCalibration2"
     model = onnx.load(str(demo_fp32))
@@ -186,18 +189,18 @@ def test_cache_format_details(tmp_path):
 
 
 def test_int8_needs_an_fp32_model(demo_fp32, tmp_path):
-    first = quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(data="demo:train", samples=32))
+    first = quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(calib_data="demo:train", calib_samples=32))
     with pytest.raises(InputError, match="is int8; calibrate the FP32 export"):
-        quantize(first.path, tmp_path / "qq.onnx", QuantizeConfig(data="demo:train", samples=32))
+        quantize(first.path, tmp_path / "qq.onnx", QuantizeConfig(calib_data="demo:train", calib_samples=32))
 
 
 def test_config_validation():
     """The API's errors name its fields (the CLI says their flags: tests/test_vocabulary.py)."""
-    with pytest.raises(InputError, match="^method must be one of minmax, percentile, entropy, mse, not 'kl'$"):
-        QuantizeConfig(data="demo", method="kl")
+    with pytest.raises(InputError, match="^calib_method must be one of minmax, percentile, entropy, mse, not 'kl'$"):
+        QuantizeConfig(calib_data="demo", calib_method="kl")
     with pytest.raises(InputError, match="^target must be"):
-        QuantizeConfig(data="demo", target="gpu")
+        QuantizeConfig(calib_data="demo", target="gpu")
     with pytest.raises(InputError, match="reduce_range is for the cpu target"):
-        QuantizeConfig(data="demo", target="trt", reduce_range=True)
+        QuantizeConfig(calib_data="demo", target="trt", reduce_range=True)
     with pytest.raises(InputError, match="^min_agreement must be"):
         Gates(min_agreement=99)

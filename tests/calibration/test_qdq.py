@@ -36,10 +36,10 @@ def quantized(exported, tmp_path_factory):
                 np.save(data, np.random.default_rng(0).standard_normal((16, 3, size, size)).astype(np.float32))
             # the 50-layer nets skip the refinements (minutes on CI): placement is the same with
             # them (tests/calibration/test_refine.py, test_realistic.py check the rules after them)
-            refine = () if arch in DEEP else QuantizeConfig.refine
+            refine = () if arch in DEEP else QuantizeConfig.calib_refine
             cache[(arch, target)] = quantize(exported(arch), root / f"{arch}-{target}.onnx",
-                                             QuantizeConfig(data=str(data), target=target, method="percentile",
-                                                            refine=refine))
+                                             QuantizeConfig(calib_data=str(data), target=target,
+                                                            calib_method="percentile", calib_refine=refine))
         return cache[(arch, target)]
 
     return make

@@ -48,8 +48,8 @@ def test_refined_int8_keeps_the_fp32_answers_on_natural_images(photos, tmp_path,
     at least half a point of agreement over the calibrator alone. Measured on this fixture: trt
     98.05% -> 98.96%, cpu 97.53% -> 99.22% (benchmarks/accuracy.py has the full models)."""
     model, calib, held_out = photos
-    config = QuantizeConfig(data=str(calib), val_data=str(held_out), target=target)
-    plain = quantize(model, tmp_path / "plain.onnx", replace(config, refine=()))
+    config = QuantizeConfig(calib_data=str(calib), val_data=str(held_out), target=target)
+    plain = quantize(model, tmp_path / "plain.onnx", replace(config, calib_refine=()))
     result = quantize(model, tmp_path / "photos.int8.onnx", config)
     assert result.census.int8_share == 1.0
     assert result.score.agreement >= AGREEMENT, result.format()

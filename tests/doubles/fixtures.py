@@ -89,7 +89,7 @@ class TinyModels:
                 path = to_fp16(self.get("fp32", **kwargs), folder / "m.fp16.onnx").path
             elif variant == "int8":
                 path = quantize(self.get("fp32", **kwargs), folder / "m.int8.onnx",
-                                QuantizeConfig(data=str(self.data), target="trt")).path
+                                QuantizeConfig(calib_data=str(self.data), target="trt")).path
             else:
                 raise ValueError(f"no tiny variant {variant!r}")
             self._made[key] = Path(path)

@@ -89,7 +89,7 @@ def test_torchscript_archive(tmp_path, resnet20):
 
 def test_pickled_module_needs_unsafe_pickle(tmp_path, resnet20):
     path = saved(tmp_path, resnet20, "whole.pt")
-    with pytest.raises(InputError, match="--unsafe-pickle"):
+    with pytest.raises(InputError, match="pass unsafe_pickle=True"):
         load_checkpoint(path)
     ckpt = load_checkpoint(path, unsafe_pickle=True)
     assert ckpt.format == "pickled-module"
@@ -118,7 +118,7 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, resnet20, contai
     assert not marker.exists()
     with pytest.raises(InputError) as err:
         load_checkpoint(path)
-    assert "refusing to unpickle" in str(err.value) and "--unsafe-pickle" in str(err.value)
+    assert "refusing to unpickle" in str(err.value) and "unsafe_pickle=True" in str(err.value)
     assert not marker.exists()
 
 
@@ -189,7 +189,7 @@ def test_misshaped_keys_are_listed(tmp_path):
 
 def test_nothing_fits(tmp_path):
     path = saved(tmp_path, {"encoder.weight": torch.zeros(3, 3), "decoder.weight": torch.zeros(3, 3)})
-    with pytest.raises(InputError, match="no arch in the zoo fits"):
+    with pytest.raises(InputError, match="no architecture in the zoo fits"):
         load_model(path, "resnet18")
 
 
@@ -306,7 +306,7 @@ def test_pickle_protocols_4_and_5_are_refused_in_one_line_naming_the_protocol(tm
     with pytest.raises(InputError) as err:
         load_checkpoint(path)
     message = str(err.value)
-    assert f"pickle protocol {protocol}" in message and "--unsafe-pickle" in message and "\n" not in message
+    assert f"pickle protocol {protocol}" in message and "unsafe_pickle=True" in message and "\n" not in message
     assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
     assert same_weights(load_model(load_checkpoint(path, unsafe_pickle=True), "resnet20").model, resnet20)
 

@@ -139,7 +139,7 @@ def test_existing_output_is_not_replaced_without_force(tmp_path, realistic_model
     out = tmp_path / "m.onnx"
     out.write_text("precious")
     model = loaded(realistic_model("resnet20"), "resnet20")
-    with pytest.raises(InputError, match="already exists; pass --force"):
+    with pytest.raises(InputError, match="already exists; pass overwrite=True"):
         export_onnx(model, out, ExportConfig(arch="resnet20"))
     assert out.read_text() == "precious"
     export_onnx(model, out, ExportConfig(arch="resnet20", overwrite=True))
@@ -209,9 +209,9 @@ def test_cli_parity_failure_exits_3_and_writes_nothing(run_cli, tmp_path, checkp
 @pytest.mark.parametrize("args, fragment", [
     (["missing.pt", "--arch", "resnet20"], "does not exist"),
     (["{truncated}", "--arch", "resnet20"], "truncated or corrupt"),
-    (["{ckpt}", "--arch", "resnet18"], "it fits resnet20"),
+    (["{ckpt}", "--arch", "resnet18"], "it fits resnet20, plain20; pass --arch resnet20"),
     (["{ckpt}", "--arch", "resnet2O"], "unknown arch"),
-    (["{ckpt}", "--arch", "resnet20", "--num-classes", "100"], "num_classes=100"),
+    (["{ckpt}", "--arch", "resnet20", "--num-classes", "100"], "--num-classes 100 was asked"),
     (["{ckpt}", "--arch", "resnet20", "--opset", "99"], "opset 99 is not supported"),
     (["{ckpt}", "--arch", "resnet20", "-o", "no/such/dir/m.onnx"], "does not exist"),
     (["{ckpt}", "--arch", "resnet20", "-o", "{file}/m.onnx"], "not a directory"),

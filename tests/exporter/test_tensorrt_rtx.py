@@ -27,6 +27,7 @@ from click.testing import CliRunner
 
 from rexport.errors import CompatibilityError, RexportError
 from rexport.exporter.tensorrt import BuildConfig, build_engine
+from rexport.options import with_flags
 from rexport.runtime.engine_sidecar import EngineSidecar, sidecar_path
 from rexport.runtime.trt_compat import DEFAULT_RTX_TARGETS, load_tensorrt
 
@@ -181,9 +182,10 @@ def test_targets_are_chosen_and_turing_needs_fp16(tmp_path, models, rtx):
     result = build_engine(onnx, tmp_path / "turing.engine", BuildConfig(flavour="rtx", precision="fp16",
                                                                         compute_capabilities="7.5", validate=False))
     check_engine(result.path, rtx, precision="fp16", targets=("7.5",), source=onnx.name)
-    with pytest.raises(RexportError, match="has no FP32 GEMM on Turing \\(7.5\\): build with --fp16") as err:
+    with pytest.raises(RexportError, match="has no FP32 GEMM on Turing \\(7.5\\): build with precision='fp16'") as err:
         build_engine(onnx, tmp_path / "fp32-turing.engine", BuildConfig(flavour="rtx", compute_capabilities="7.5"))
     assert "\n" not in str(err.value)
+    assert "build with --fp16, or leave 7.5 out of --compute-capability" in with_flags(str(err.value), err.value.fields)
     with pytest.raises(CompatibilityError, match="cannot build for compute capability 8.7: it builds for 7.5, 8.0"):
         build_engine(onnx, tmp_path / "orin.engine", BuildConfig(flavour="rtx", compute_capabilities="8.7,8.9"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all.engine", "all.engine.json", "turing.engine",
@@ -195,7 +197,8 @@ def test_ready_fp16_and_qdq_files_and_a_static_batch(tmp_path, models, calib, rt
 
     onnx = models(("resnet20", {"shortcut": "B"}))
     fp16 = to_fp16(onnx, tmp_path / "m.fp16.onnx").path
-    int8 = quantize(onnx, tmp_path / "m.int8.onnx", QuantizeConfig(data=calib, method="minmax", target="trt")).path
+    int8 = quantize(onnx, tmp_path / "m.int8.onnx",
+                    QuantizeConfig(calib_data=calib, calib_method="minmax", target="trt")).path
     for path, precision in ((fp16, "fp16"), (int8, "int8")):
         result = build_engine(path, tmp_path / f"{precision}.engine", BuildConfig(flavour="rtx", validate=False))
         assert result.plan.how == "as given" and result.plan.typing == "strong"
@@ -212,7 +215,8 @@ def test_what_tensorrt_refuses_is_one_line_naming_the_node_and_writes_nothing(tm
     from rexport.calibration import QuantizeConfig, quantize
 
     onnx = models(("resnet20", {"shortcut": "A"}))
-    cpu = quantize(onnx, tmp_path / "m.cpu.onnx", QuantizeConfig(data=calib, method="minmax", target="cpu")).path
+    cpu = quantize(onnx, tmp_path / "m.cpu.onnx",
+                   QuantizeConfig(calib_data=calib, calib_method="minmax", target="cpu")).path
     result = run_cli("trt", cpu, "--rtx", "-o", "cpu.engine")
     assert_clean_error(result, "TensorRT's ONNX parser rejected m.cpu.onnx: node 0 (QuantizeLinear",
                        "Non-zero zero point is not supported")

@@ -23,6 +23,7 @@ from doubles.fake_cuda import FakeCudaRuntime, hide_cuda, install_fake_cuda
 from doubles.fake_tensorrt import RTX_SURFACE, hide_tensorrt, plan_header
 from doubles.fixtures import make_trt, pipeline, rtx, tiny, tiny_data, tiny_models  # noqa: F401 - fixtures
 from rexport.errors import CompatibilityError
+from rexport.options import with_flags
 from rexport.exporter.tensorrt import BuildConfig, build_engine
 from rexport.runtime.engine_sidecar import EngineSidecar, sidecar_path
 from rexport.runtime.trt_compat import DEFAULT_RTX_TARGETS
@@ -109,8 +110,9 @@ def test_a_gpu_tensorrt_for_rtx_does_not_support_is_named_and_nothing_is_written
     with pytest.raises(CompatibilityError) as err:
         build(tmp_path, tiny(), precision="fp16")
     assert str(err.value) == (f"this GPU (NVIDIA H100 (test double), compute capability 9.0) is not one TensorRT for "
-                              f"RTX 1.7 builds for ({SUPPORTED}); pass --compute-capability to build for RTX GPUs "
+                              f"RTX 1.7 builds for ({SUPPORTED}); give compute_capabilities to build for RTX GPUs "
                               "ahead of time, or use TensorRT here")
+    assert "; give --compute-capability to build" in with_flags(str(err.value), err.value.fields)  # the CLI's
     assert fake.builds == [] and pipeline.calls == []  # refused before converting, parsing or building
     assert files(tmp_path) == ["m.onnx"]
 
@@ -160,8 +162,8 @@ def test_without_a_gpu_it_builds_for_the_default_targets(tmp_path, rtx, monkeypa
     assert result.sidecar.targets == DEFAULT_RTX_TARGETS == ("8.6", "8.9", "12.0")
     assert result.sidecar.built_without_gpu and (result.sidecar.gpu_name, result.sidecar.compute_capability) == ("", "")
     assert result.notes == [
-        "no GPU here: built ahead of time for compute capabilities 8.6, 8.9, 12.0 (RTX 30, 40 and 50 series; "
-        "--compute-capability chooses)",
+        "no GPU here: built ahead of time for compute capabilities 8.6, 8.9, 12.0 (RTX 30, 40 and 50 series), as "
+        "none were given",
         "not validated: there is no GPU here; check it on the device with `rexport validate m.engine --val-data DIR` "
         "(or `rexport selftest BUNDLE`)"]
     assert result.validation is None and "validate_backends" not in pipeline.names()
@@ -225,19 +227,29 @@ def test_an_rtx_engine_built_by_default_choice_records_rtx_in_its_rebuild_comman
     assert result.sidecar.rebuild_here() == "rexport trt m.onnx -o m.engine"
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"hardware_compatibility": "ampere_plus"}, "a hardware compatibility level (--hardware-compat) is not available "
-                                                "on TensorRT for RTX 1.7; list the target GPUs"),
-    ({"version_compatible": True}, "a version-compatible engine (--version-compatible) is not available on TensorRT "
-                                   "for RTX 1.7"),
-    ({"timing_cache": "t.cache"}, "a timing cache (--timing-cache) is not available on TensorRT for RTX 1.7"),
-    ({"dla_core": 0}, "DLA is not available on TensorRT for RTX 1.7"),
-    ({"precision": "fp16", "fp16_flag": True}, "BuilderFlag.FP16 is not available on TensorRT for RTX 1.7"),
+@pytest.mark.parametrize("options, message, cli", [
+    ({"hardware_compatibility": "ampere_plus"}, "a hardware compatibility level (hardware_compatibility) is not "
+     "available on TensorRT for RTX 1.7; list the target GPUs in compute_capabilities",
+     "a hardware compatibility level (--hardware-compat) is not available on TensorRT for RTX 1.7; list the target "
+     "GPUs in --compute-capability"),
+    ({"version_compatible": True}, "a version-compatible engine (version_compatible) is not available on TensorRT "
+     "for RTX 1.7", "a version-compatible engine (--version-compatible) is not available"),
+    ({"timing_cache": "t.cache"}, "a timing cache (timing_cache) is not available on TensorRT for RTX 1.7",
+     "a timing cache (--timing-cache) is not available"),
+    ({"dla_core": 0}, "DLA is not available on TensorRT for RTX 1.7", "leave out --dla-core to build for the GPU"),
+    ({"precision": "fp16", "fp16_flag": True}, "BuilderFlag.FP16 is not available on TensorRT for RTX 1.7",
+     "; leave out --fp16-flag: rexport converts the ONNX to FP16 instead"),
     ({"precision": "int8", "legacy_calibrator": True, "calib_data": "x"},
-     "INT8 calibrator (IInt8EntropyCalibrator2, --legacy-calibrator) is not available on TensorRT for RTX 1.7"),
-    ({"weakly_typed": True}, "a weakly typed network (--weakly-typed) is not available on TensorRT for RTX 1.7"),
+     "INT8 calibrator (IInt8EntropyCalibrator2, legacy_calibrator) is not available on TensorRT for RTX 1.7",
+     "INT8 calibrator (IInt8EntropyCalibrator2, --legacy-calibrator) is not available on TensorRT for RTX 1.7; "
+     "leave out --legacy-calibrator"),
+    ({"weakly_typed": True}, "a weakly typed network (weakly_typed) is not available on TensorRT for RTX 1.7",
+     "a weakly typed network (--weakly-typed) is not available"),
 ])
-def test_what_tensorrt_for_rtx_lacks_is_refused_before_building(tmp_path, rtx, tiny, pipeline, options, message):
-    with pytest.raises(CompatibilityError, match=message.replace("(", "\\(").replace(")", "\\)")):
+def test_what_tensorrt_for_rtx_lacks_is_refused_before_building(tmp_path, rtx, tiny, pipeline, options, message,
+                                                                 cli):
+    """The API's message names BuildConfig fields; the CLI's (with_flags) names the flags."""
+    with pytest.raises(CompatibilityError, match=message.replace("(", "\\(").replace(")", "\\)")) as err:
         build(tmp_path, tiny(), **options)
+    assert cli in with_flags(str(err.value), err.value.fields)
     assert rtx.builds == [] and pipeline.calls == [] and files(tmp_path) == ["m.onnx"]

@@ -135,7 +135,7 @@ def test_existing_bundle_is_not_replaced_without_force(demo_fp32, tmp_path):
     out = tmp_path / "b"
     write_bundle([demo_fp32], out)
     manifest = (out / MANIFEST).read_text()
-    with pytest.raises(InputError, match="--force"):
+    with pytest.raises(InputError, match="pass overwrite=True"):
         write_bundle([demo_fp32], out)
     write_bundle([demo_fp32], out, overwrite=True)
     assert json.loads((out / MANIFEST).read_text())["created"] >= json.loads(manifest)["created"]

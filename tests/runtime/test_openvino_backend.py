@@ -24,8 +24,8 @@ def variants(demo_fp32, tmp_path_factory):
     root = tmp_path_factory.mktemp("openvino")
     files = {"fp32": demo_fp32, "fp16": to_fp16(demo_fp32, root / "demo.fp16.onnx").path}
     for target in ("cpu", "trt"):
-        files[f"int8-{target}"] = quantize(demo_fp32, root / f"demo.int8-{target}.onnx",
-                                           QuantizeConfig(data="demo:train", samples=128, target=target)).path
+        config = QuantizeConfig(calib_data="demo:train", calib_samples=128, target=target)
+        files[f"int8-{target}"] = quantize(demo_fp32, root / f"demo.int8-{target}.onnx", config).path
     return files
 
 

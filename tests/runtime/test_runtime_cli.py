@@ -144,7 +144,7 @@ def test_bench_api_threads_and_duration(demo_fp32):
     from rexport.runtime import load
 
     with load(demo_fp32) as model:
-        report = bench({"demo": model}, BenchConfig(batch_sizes=(2,), iterations=40, warmup=1, threads=4))
+        report = bench({"demo": model}, BenchConfig(batch_sizes=(2,), iterations=40, warmup=1, bench_threads=4))
     (row,) = report.rows
     assert row.calls == 40 and row.threads == 4 and row.throughput > 0
     lat, wall = measure(lambda: None, iterations=10_000_000, warmup=0, duration=0.2)

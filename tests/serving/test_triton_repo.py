@@ -46,7 +46,7 @@ def variety_bundle(demo_fp32, tmp_path_factory):
     root = tmp_path_factory.mktemp("variety")
     fp16 = to_fp16(demo_fp32, root / "demo.fp16.onnx").path
     int8 = quantize(demo_fp32, root / "demo.int8.onnx",
-                    QuantizeConfig(data="demo:train", samples=32, target="trt", refine=())).path
+                    QuantizeConfig(calib_data="demo:train", calib_samples=32, target="trt", calib_refine=())).path
     with load(demo_fp32) as p:
         info = p.info
     engine = root / "demo.engine"
@@ -141,7 +141,7 @@ def test_refuses_bad_input_and_writes_nothing(demo_bundle, tmp_path):
     out = tmp_path / "repo"
     export_triton(demo_bundle, out)
     before = sorted(os.listdir(out))
-    with pytest.raises(InputError, match="already exists and is not empty; pass --force"):
+    with pytest.raises(InputError, match="already exists and is not empty; pass overwrite=True"):
         export_triton(demo_bundle, out, RepositoryConfig(classifier="runtime"))
     assert sorted(os.listdir(out)) == before and configs(out)["resnet20_classifier"].platform == "onnxruntime_onnx"
     export_triton(demo_bundle, out, RepositoryConfig(classifier="runtime"), overwrite=True)

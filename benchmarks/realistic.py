@@ -208,7 +208,7 @@ def train_photos(spec: PhotoModel, photos: list[np.ndarray], eval_x: np.ndarray,
                  pre) -> tuple[object, dict]:
     """Train spec.arch on fresh training patches each epoch; returns the model and its history."""
     import torch
-    import torch.nn.functional as F
+    from rexport.demo.train import sgd_step
     from rexport.exporter.zoo import build_model
     from rexport.runtime.compare import topk_accuracy
 
@@ -231,12 +231,7 @@ def train_photos(spec: PhotoModel, photos: list[np.ndarray], eval_x: np.ndarray,
         for i in range(0, len(order), spec.batch):
             idx = order[i:i + spec.batch]
             xb = (_jitter(pixels[idx].float() / 255.0, gen) - mean) / std
-            loss = F.cross_entropy(model(xb), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
+            total += sgd_step(model, opt, sched, xb, labels[idx])
         acc = topk_accuracy(logits_of(model, eval_x[::4]), eval_y[::4])  # a quarter of the eval set
         history.append({"epoch": epoch + 1, "loss": round(total / len(labels), 4), "heldout_top1_quarter": round(acc, 4)})
         print(f"  {spec.name} epoch {epoch + 1:2d}/{spec.epochs}  loss {total / len(labels):.4f}  "

@@ -20,7 +20,7 @@ from rexport.errors import InputError, field_error
 from rexport.runtime.backends.base import Backend
 from rexport.runtime.compare import compare, topk_accuracy
 from rexport.runtime.gates import Gates
-from rexport.runtime.metadata import Precision
+from rexport.runtime.metadata import ModelInfo, Precision
 
 
 @dataclass
@@ -156,6 +156,16 @@ def _open_models(models: list[str | os.PathLike], backend: str, providers) -> li
     return opened
 
 
+def _one_model(infos: list[ModelInfo]) -> ModelInfo:
+    """The FP32 form's description (else the first's), once every form is checked to be one model's."""
+    base = next((i for i in infos if i.precision == Precision.fp32), infos[0])
+    if any(i.input_shape != base.input_shape or i.num_classes != base.num_classes for i in infos):
+        raise InputError("the models take different inputs or have different classes; validate one model's forms")
+    if any(i.preprocess != base.preprocess for i in infos):
+        log.warning("warning: the models record different preprocessing; using %s's", base.arch)
+    return base
+
+
 def validate(models: list[str | os.PathLike], data: str | None = None, *, checkpoint: str | os.PathLike | None = None,
              samples: int | None = None, seed: int = 0, gates: Gates = Gates(), backend: str = "auto",
              providers="cpu",
@@ -170,12 +180,7 @@ def validate(models: list[str | os.PathLike], data: str | None = None, *, checkp
     predictors = _open_models(models, backend, providers)
     try:
         infos = [p.info for p in predictors]
-        base = next((i for i in infos if i.precision == Precision.fp32), infos[0])
-        if any(i.input_shape != base.input_shape or i.num_classes != base.num_classes for i in infos):
-            raise InputError("the models take different inputs or have different classes; "
-                             "validate one model's forms")
-        if any(i.preprocess != base.preprocess for i in infos):
-            log.warning("warning: the models record different preprocessing; using %s's", base.arch)
+        base = _one_model(infos)
         stored = None
         if data is None:
             stored = next((p.bundle for p in predictors if p.bundle is not None), None)

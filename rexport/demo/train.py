@@ -36,6 +36,16 @@ def regenerate_data() -> None:
     print(f"wrote {data.DATA_FILE} ({len(train_idx)} train / {len(test_idx)} test)")
 
 
+def sgd_step(model, opt, sched, x, y) -> float:
+    """One optimiser step on a batch, with its learning-rate schedule; the batch's summed loss."""
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.item() * len(y)
+
+
 def train(epochs: int = 30, seed: int = 0, batch_size: int = 64, lr: float = 0.1) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -64,12 +74,7 @@ def train(epochs: int = 30, seed: int = 0, batch_size: int = 64, lr: float = 0.1
             xb = F.pad(xb, (2, 2, 2, 2), value=float(xb.min()))
             dx, dy = rng.integers(0, 5, size=2)
             xb = xb[:, :, dy:dy + 32, dx:dx + 32]
-            loss = F.cross_entropy(model(xb), y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
+            total += sgd_step(model, opt, sched, xb, y_train[idx])
         model.eval()
         with torch.no_grad():
             acc = topk_accuracy(model(x_test).numpy(), test_split.labels)

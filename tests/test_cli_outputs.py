@@ -182,8 +182,17 @@ def test_verbose_shows_the_traceback_of_a_bug_then_one_line(monkeypatch):
 
 
 def rexport(args, cwd, *, env=None, preexec_fn=None, driver=None, **popen):
+    """rexport as a terminal starts it: SIGINT, SIGHUP and SIGTERM at their defaults (pytest itself
+    may run in the background, SIGINT ignored, or under nohup, SIGHUP ignored, and a child
+    inherits what is ignored), then `preexec_fn`."""
+    def start() -> None:
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        if preexec_fn is not None:
+            preexec_fn()
+
     command = [sys.executable, *([str(driver)] if driver else ["-m", "rexport"]), *map(str, args)]
-    return subprocess.Popen(command, cwd=cwd, env=env, preexec_fn=preexec_fn, stdout=subprocess.PIPE,
+    return subprocess.Popen(command, cwd=cwd, env=env, preexec_fn=start, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **popen)
 
 

@@ -105,7 +105,11 @@ class OnnxRuntimeBackend(Backend):
             shape = tuple(d if isinstance(d, int) else None for d in arg.shape) if arg.shape is not None else None
             return GraphIO(arg.name, shape, ORT_TYPES.get(arg.type))
 
-        return [describe(i) for i in self.session.get_inputs()], [describe(o) for o in self.session.get_outputs()]
+        try:
+            return [describe(i) for i in self.session.get_inputs()], [describe(o) for o in self.session.get_outputs()]
+        except UnicodeDecodeError as e:  # a name or symbolic dimension that is not UTF-8 (onnxruntime does not check)
+            raise InputError(f"{self._where}: a tensor name or dimension in its graph is not UTF-8 text (byte "
+                             f"{e.start}: {e.reason}); the file was damaged: export or copy it again") from None
 
     @property
     def metadata(self) -> dict[str, str]:

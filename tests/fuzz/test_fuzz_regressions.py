@@ -86,6 +86,19 @@ def test_onnx_metadata_that_is_not_utf8(tiny):
     refused(lambda: load(tiny, providers="cpu"), "not UTF-8")
 
 
+def test_onnx_dimension_name_that_is_not_utf8(tiny):
+    """The output's symbolic batch dimension holding invalid UTF-8: onnxruntime's NodeArg.shape
+    raised UnicodeDecodeError when the graph was read for ModelInfo.check_graph (found by
+    test_mutated_onnx in CI, 2026-12-02)."""
+    from rexport.runtime import load
+
+    raw = tiny.read_bytes()
+    at = raw.rfind(b"\x12\x05batch")  # the last dim_param "batch": the output's
+    assert at > 0
+    tiny.write_bytes(raw[:at + 2] + b"\x80" + raw[at + 3:])
+    refused(lambda: load(tiny, providers="cpu", backend="onnxruntime"), "not UTF-8")
+
+
 def test_onnxruntime_session_failure_prints_nothing(tiny, capsys):
     """A node input name that is not UTF-8 makes creating the session fail with a ValueError, on which
     onnxruntime printed a four-line '*** EP Error ***' banner to stdout before retrying."""

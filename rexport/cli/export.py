@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -55,18 +56,19 @@ def onnx_cmd(checkpoint, **o) -> None:
 
     keys = parse_key_map(o["key_map"])
     output = o["output"] or Path(checkpoint).with_suffix(".onnx").name
-    if o["arch"] is None:
-        o["arch"] = detect_arch(load_checkpoint(checkpoint, unsafe_pickle=o["unsafe_pickle"]), key_map=keys)
-        log.info("arch: %s (detected from the checkpoint; pass --arch to choose)", o["arch"])
-    export = fill(ExportConfig, o, input_size=parse_size(o["input_size"]), key_map=keys,
-                  labels=load_labels(o["labels"]) if o["labels"] else None, preprocess=preprocess_overrides(o),
-                  parity=fill(ParityConfig, o, tolerance=fill(Tolerance, o)))
     calib_data, val_data = o["calib_data"], o["val_data"]
-    config = PipelineConfig(export, fp16=o["fp16"], fp16_data=calib_data,
+    config = PipelineConfig(None, fp16=o["fp16"], fp16_data=calib_data,  # export: once the arch is known
                             int8=(quantize_config(o),) if o["int8"] else (), bundle=o["bundle"],
                             val_data=(val_data or calib_data or o["images"]) if o["bundle"] else None)
     report = Outputs(o["overwrite"], [checkpoint, o["labels"], o["images"], data_path(calib_data), data_path(val_data)],
                      files=planned_outputs(output, config), directories={"bundle": o["bundle"]}, json=o["json"]).json
+    if o["arch"] is None:  # after the outputs are checked: reading a large checkpoint takes a while
+        o["arch"] = detect_arch(load_checkpoint(checkpoint, unsafe_pickle=o["unsafe_pickle"]), key_map=keys)
+        log.info("arch: %s (detected from the checkpoint; pass --arch to choose)", o["arch"])
+    config = replace(config, export=fill(ExportConfig, o, input_size=parse_size(o["input_size"]), key_map=keys,
+                                         labels=load_labels(o["labels"]) if o["labels"] else None,
+                                         preprocess=preprocess_overrides(o),
+                                         parity=fill(ParityConfig, o, tolerance=fill(Tolerance, o))))
     result = run_pipeline(checkpoint, output, config, overwrite=o["overwrite"])
     report.echo(result.format())
     report.write(result.to_dict())

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rexport.console import log
-from rexport.errors import CheckFailed, InputError
+from rexport.errors import InputError, field_error
 from rexport.runtime.gates import Gates
 
 
@@ -35,8 +35,6 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         targets = [q.target for q in self.int8]
         if len(set(targets)) != len(targets):
-            from rexport.errors import field_error
-
             raise field_error(self, f"one INT8 model per target, not {', '.join(targets)}", "int8")
 
 
@@ -131,10 +129,4 @@ def run_pipeline(checkpoint: str | os.PathLike, output: str | os.PathLike, confi
 
         result.bundle = make_bundle(result.models, config.bundle, data=config.val_data, checkpoint=checkpoint,
                                     validation=result.validation, overwrite=overwrite)
-    return result
-
-
-def require_pass(result: PipelineResult) -> PipelineResult:
-    if not result.passed:
-        raise CheckFailed(f"a model form missed the gates ({result.validation.gates.describe()})", result.validation)
     return result

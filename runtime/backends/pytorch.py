@@ -36,8 +36,7 @@ class PyTorchBackend(Backend):
     def from_checkpoint(cls, checkpoint: str | os.PathLike, info: ModelInfo,
                         unsafe_pickle: bool = False) -> PyTorchBackend:
         """The model `info` describes (its arch, classes and shortcut), with the checkpoint's weights."""
-        require("torch", "export", "use the PyTorch model as the reference")
-        from rexport.exporter import load_model
+        from rexport.exporter import load_model  # says which extra to install when torch is missing
 
         if not info.arch:
             raise InputError("the model does not record its arch, so the checkpoint cannot be rebuilt; "

@@ -23,7 +23,7 @@ from rexport.console import log
 from rexport.errors import InputError, RexportError
 from rexport.onnx_file import check_model_path
 from rexport.runtime.backends.base import Backend
-from rexport.runtime.backends.choice import CHOICE_FILE, ENGINE_SUFFIXES, choose_backend, saved_choice
+from rexport.runtime.backends.choice import CHOICE_FILE, ENGINE_SUFFIXES, choose_backend, saturating, saved_choice
 from rexport.runtime.metadata import BatchRange, ModelInfo
 from rexport.runtime.preprocess import ImageLike, Preprocess, preprocess
 
@@ -241,14 +241,29 @@ def open_model_file(path: Path, *, backend: str = "auto", providers="auto", thre
                 raise
             log.warning("warning: %s; running it on ONNX Runtime instead", e)
     if runner is None:
-        from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
-
-        runner = OnnxRuntimeBackend(path, providers=providers, threads=threads, device=device)
+        runner = _onnxruntime(path, providers, threads, device)
     try:
-        return runner, onnx_model_info(runner, path)
+        info = onnx_model_info(runner, path)
+        why = saturating(info.calibration, runner.name)
+        exact_on_ort = why and not saturating(info.calibration, "onnxruntime CPU")
+        if exact_on_ort and backend == "auto":
+            log.warning("warning: %s: %s; running it on ONNX Runtime instead (exact, slower)", path.name, why)
+            runner.close()
+            runner = _onnxruntime(path, "cpu", threads, device)
+        elif why:
+            cure = "run it on onnxruntime" if exact_on_ort else "calibrate with the cpu target and reduce_range on"
+            log.warning("warning: %s: %s, and its answers can drift from PyTorch's; on this CPU, %s", path.name, why,
+                        cure)
+        return runner, info
     except BaseException:
         runner.close()
         raise
+
+
+def _onnxruntime(path: Path, providers, threads: int | None, device: int) -> Backend:
+    from rexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(path, providers=providers, threads=threads, device=device)
 
 
 def load(path: str | os.PathLike, *, model: str | None = None, backend: str = "auto",

@@ -64,7 +64,7 @@ def bench_cmd(models, **o) -> None:
     """Latency (p50/p90/p99) and throughput of MODELS, and preprocessing time, in one table."""
     from rexport.runtime import load
     from rexport.runtime.bench import BenchConfig, bench
-    from rexport.runtime.backends.choice import installed_backends
+    from rexport.runtime.backends.choice import installed_backends, saturating
     from rexport.runtime.preprocess import is_image_file
 
     try:
@@ -92,7 +92,8 @@ def bench_cmd(models, **o) -> None:
             for backend in installed_backends(model_file(m, o["model"])):
                 loaded = load(m, model=o["model"], backend=backend, providers=o["providers"], threads=o["threads"])
                 predictors[f"{name} [{loaded.backend.name}]"] = loaded
-                measured[f"{name} [{loaded.backend.name}]"] = (Path(m), loaded.model_file.name, backend)
+                drifts = bool(saturating(loaded.info.calibration, loaded.backend.name))
+                measured[f"{name} [{loaded.backend.name}]"] = (Path(m), loaded.model_file.name, backend, drifts)
         result = bench(predictors, config, files)
     finally:
         for p in predictors.values():
@@ -117,14 +118,15 @@ def model_file(path: str, model: str | None) -> Path:
 
 
 def save_fastest(rows, measured: dict) -> None:
-    """bench --save-choice: per bundle, each model's fastest backend at the largest batch measured."""
+    """bench --save-choice: per bundle, each model's fastest backend at the largest batch measured
+    (one whose INT8 kernels saturate here comes after those that stay exact)."""
     from rexport.runtime.backends.choice import save_choice
 
     largest = max(r.batch for r in rows)
-    for bundle_dir in dict.fromkeys(where for where, _, _ in measured.values()):
+    for bundle_dir in dict.fromkeys(where for where, *_ in measured.values()):
         fastest = {}
-        for row in sorted((r for r in rows if r.batch == largest), key=lambda r: r.p50_ms):
-            where, file, backend = measured[row.model]
+        for row in sorted((r for r in rows if r.batch == largest), key=lambda r: (measured[r.model][3], r.p50_ms)):
+            where, file, backend, _ = measured[row.model]
             if where == bundle_dir:
                 fastest.setdefault(file, backend)
         click.echo(f"saved the fastest backend at batch {largest} for this machine -> "

@@ -44,6 +44,52 @@ def choose_backend(path: Path, backend: str = "auto", providers="auto") -> str:
     return "onnxruntime"
 
 
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # x86 int8 dot products that add in int32
+
+
+def cpu_flags() -> set[str] | None:
+    """This CPU's feature flags (Linux's /proc/cpuinfo); None where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            line = next((line for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None
+    return set(line.split(":", 1)[1].split()) if line else None
+
+
+def int8_saturates_here() -> bool:
+    """Whether this CPU's int8 kernels saturate on full-range weights: an x86 CPU without VNNI or
+    AMX multiplies uint8 x int8 pairs and adds them in int16 (`vpmaddubsw`), which overflows for
+    weights beyond [-64, 64] (the range the cpu target's `reduce_range` keeps). False where the
+    flags cannot be read or the CPU is not x86 (ARM's dot products add in int32)."""
+    import platform
+
+    flags = cpu_flags()
+    return platform.machine().lower() in X86 and flags is not None and "avx2" in flags and not flags & VNNI_FLAGS
+
+
+def full_range_int8(calibration: dict | None) -> str | None:
+    """What makes an INT8 model's weights full range ([-127, 127]), or None: the trt target, or
+    the cpu target calibrated with `reduce_range` off (files from before `reduce_range` too)."""
+    if not calibration:
+        return None
+    if calibration.get("target") == "trt":
+        return "trt target"
+    return None if calibration.get("reduce_range", False) else "cpu target without reduce_range"
+
+
+def saturating(calibration: dict | None, backend_name: str) -> str | None:
+    """Why `backend_name` would saturate on this INT8 model here, or None. OpenVINO runs every
+    INT8 file with int8 kernels; ONNX Runtime's CPU provider fuses the cpu target's Q/DQ into
+    int8 kernels and computes the trt target's in float."""
+    weights = full_range_int8(calibration)
+    int8_kernels = backend_name == "openvino CPU" or (backend_name == "onnxruntime CPU" and weights != "trt target")
+    if weights and int8_kernels and int8_saturates_here():
+        return (f"its INT8 weights are full range ({weights}) and this CPU has no VNNI: {backend_name.split()[0]}'s "
+                "int8 kernels saturate on them")
+    return None
+
+
 CHOICE_FILE = "backend-choice.json"  # in a bundle directory: what `bench --save-choice` measured fastest, per machine
 
 

@@ -208,6 +208,8 @@ class ModelInfo:
     def from_dict(cls, d: dict) -> "ModelInfo":
         try:
             inp, out = d["input"], d.get("output", {})
+            if not isinstance(d.get("calibration") or {}, dict):
+                raise TypeError(f"calibration must be a JSON object, not {type(d['calibration']).__name__}")
             return cls(num_classes=int(d["num_classes"]), input_shape=tuple(inp["shape"]),
                        preprocess=Preprocess.from_dict(d["preprocess"]),
                        batch=BatchRange(*inp.get("batch", (1, 8, 32))),

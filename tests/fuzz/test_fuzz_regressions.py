@@ -124,6 +124,7 @@ def _props(**changes) -> dict:
     ({"num_classes": "Infinity"}, "incomplete or invalid"),       # OverflowError: int(inf)
     ({"output": '{"name": [], "kind": "logits"}'}, "must be strings"),  # TypeError in check_graph
     ({"input": '{"name": "input", "shape": [3, 8, 8], "batch": [1, 4.5, 8]}'}, "whole numbers"),
+    ({"calibration": "true"}, "calibration must be a JSON object"),  # bool.get in load's INT8 check (test_metadata_in_onnx)
 ])
 def test_model_description_of_any_shape(changes, fragment):
     pytest.importorskip("onnx")

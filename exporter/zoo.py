@@ -182,6 +182,8 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(features, num_classes)
 
         for m in self.modules():
+            if getattr(m, "weight", None) is not None and m.weight.is_meta:
+                continue  # shapes only (count_parameters, state_dict_shapes): nothing to initialise
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):

@@ -22,9 +22,16 @@ def test_embedded_dataset_and_card():
 
 
 def test_demo_runs_the_pipeline(run_cli, tmp_path):
+    from rexport.demo.pipeline import MARKER
+
+    out = tmp_path / "out"  # a previous demo's directory: replaced whole
+    out.mkdir()
+    (out / MARKER).write_text("written by rexport demo\n")
+    (out / "stale.onnx").write_text("from the previous run")
     result = run_cli("demo", "-o", "out", "--json", "demo.json")
     assert result.exit_code == 0, result
-    out = tmp_path / "out"
+    assert "replacing the previous demo output" in result.stderr
+    assert not (out / "stale.onnx").exists() and (out / MARKER).exists()
     assert "parity" in result.stdout and "FAIL" not in result.stdout
     onnx_path = out / "resnet20_digits.onnx"
     info = ModelInfo.from_props({p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props})
@@ -40,10 +47,6 @@ def test_demo_runs_the_pipeline(run_cli, tmp_path):
     assert rows["resnet20_digits.fp16.onnx"]["agreement"] >= 0.995  # the FP16 aim
     for int8 in ("resnet20_digits.int8-trt.onnx", "resnet20_digits.int8-cpu.onnx"):
         assert 100 * (reference - rows[int8]["top1"]) <= 0.5  # the INT8 aim
-
-    again = run_cli("demo", "-o", "out")  # a previous demo's directory is replaced
-    assert again.exit_code == 0, again
-    assert "replacing the previous demo output" in again.stderr
 
 
 def test_demo_refuses_a_directory_it_did_not_write(run_cli, tmp_path):

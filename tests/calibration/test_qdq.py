@@ -17,7 +17,6 @@ from rexport.errors import CheckFailed
 from rexport.onnx_graph import initializers, producers
 
 
-DEEP = ("resnet50", "resnext50_32x4d")
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +33,10 @@ def quantized(exported, tmp_path_factory):
             data = root / f"x{size}.npy"
             if not data.exists():
                 np.save(data, np.random.default_rng(0).standard_normal((16, 3, size, size)).astype(np.float32))
-            # the 50-layer nets skip the refinements (minutes on CI): placement is the same with
-            # them (tests/calibration/test_refine.py, test_realistic.py check the rules after them)
-            refine = () if arch in DEEP else QuantizeConfig.calib_refine
+            # only the CIFAR nets run the refinements (tens of seconds each for the ImageNet archs on
+            # 2 cores): placement is the same with them (test_refine.py, test_realistic.py check the
+            # rules after them too)
+            refine = QuantizeConfig.calib_refine if get_arch(arch).cifar else ()
             cache[(arch, target)] = quantize(exported(arch), root / f"{arch}-{target}.onnx",
                                              QuantizeConfig(calib_data=str(data), target=target,
                                                             calib_method="percentile", calib_refine=refine))

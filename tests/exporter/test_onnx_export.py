@@ -38,8 +38,9 @@ def test_every_arch_exports_with_onnxruntime_parity(tmp_path, realistic_model, a
     assert result.parity.passed
     assert {c.batch for c in result.parity.cases} == {1, 8}
     assert all(c.comparison.top1_agreement == 1.0 for c in result.parity.cases)
-    model = onnx.load(str(out))
+    model = onnx.load(str(out))  # every arch builds, runs forward (parity) and gives its dataset's classes
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert model.graph.output[0].type.tensor_type.shape.dim[1].dim_value == spec.num_classes
     assert not any(n.op_type == "BatchNormalization" for n in model.graph.node) or spec.family.startswith("preact")
 
 

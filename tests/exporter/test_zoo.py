@@ -13,7 +13,7 @@ import torch
 
 from helpers import deterministic_state_dict
 from rexport.errors import InputError
-from rexport.exporter import build_model, count_parameters, list_models
+from rexport.exporter import build_model, count_parameters
 from rexport.exporter.zoo import ARCHS, state_dict_shapes
 
 TORCHVISION = json.load(gzip.open(Path(__file__).parents[1] / "fixtures" / "torchvision_resnets.json.gz", "rt"))
@@ -139,14 +139,6 @@ def test_num_classes_and_input_channels_are_the_callers(arch):
         assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
 
 
-def test_every_registered_arch_builds_and_runs_forward():
-    for arch in list_models():
-        with torch.device("meta"):
-            model = build_model(arch.name)
-        out = model(torch.empty(2, 3, arch.input_size, arch.input_size, device="meta"))
-        assert tuple(out.shape) == (2, arch.num_classes), arch.name
-
-
 def test_every_arch_name_is_written_out_in_the_zoo():
     """`grep '"resnet56"' exporter/zoo.py` finds its definition: no name is assembled by an f-string."""
     from rexport.exporter import zoo
@@ -170,5 +162,5 @@ def test_models_command_lists_every_arch_with_input_and_params(run_cli):
     assert set(rows) == set(ARCHS)
     assert rows["resnet50"]["params"] == 25_557_032 and rows["resnet50"]["input"] == "224x224"
     assert rows["resnet20"]["params"] == 269_722 and rows["resnet20"]["input"] == "32x32"
-    text = run_cli("models").stdout
-    assert "wide_resnet101_2" in text and "126,886,696" in text
+    text = run_cli("models", "--family", "wide_resnet").stdout  # the table (one family: every arch is above)
+    assert "wide_resnet101_2" in text and "126,886,696" in text and "resnet50 " not in text

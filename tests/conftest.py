@@ -13,6 +13,14 @@ sys.path.insert(0, str(Path(__file__).parent))  # for `helpers`
 from helpers import CliResult  # noqa: E402
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject's addopts): a worker per core, at most 4 (each worker builds its own
+    session fixtures and holds models of up to ~1 GB while exporting the largest archs)."""
+    import os
+
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 4))
+
+
 @pytest.fixture
 def run_cli(tmp_path):
     """Run the real `rexport` console entry point in a subprocess (exit codes, stderr, no traceback)."""

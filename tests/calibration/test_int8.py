@@ -142,8 +142,9 @@ def test_agreement_floor_works_without_labels(demo_fp32, tmp_path):
     _, info = read_model(demo_fp32)
     arrays = load_dataset("demo:test", info, samples=None).inputs
     np.save(tmp_path / "unlabelled.npy", arrays)
-    result = quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(
-        calib_data="demo:train", val_data=str(tmp_path / "unlabelled.npy"), budget=Gates(min_agreement=0.99)))
+    result = quantize(demo_fp32, tmp_path / "q.onnx", QuantizeConfig(  # the floor, not the calibration, is tested
+        calib_data="demo:train", calib_samples=128, calib_refine=(), val_data=str(tmp_path / "unlabelled.npy"),
+        budget=Gates(min_agreement=0.99)))
     assert result.score.top1 is None and result.score.agreement >= 0.99
     with pytest.raises(InputError, match="needs labelled data"):
         quantize(demo_fp32, tmp_path / "r.onnx", QuantizeConfig(

@@ -21,15 +21,18 @@ from rexport.exporter.zoo import ARCHS
 from rexport.runtime.gates import Tolerance
 from rexport.runtime.metadata import ModelInfo
 
-SLOW = {"resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
-        "resnet1202", "preact_resnet101", "preact_resnet152", "preact_resnet1001", "plain101", "plain152"}
+# Marked deep (the default run deselects them; `-m deep` runs them): the deep ImageNet archs between
+# the 50-layer ones and the extremes, whose blocks every family's 50-layer arch exports, and whose
+# depth and size resnet1202 / preact_resnet1001 (deepest) and wide_resnet101_2 (largest) bound.
+DEEP = {"resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "preact_resnet101",
+        "preact_resnet152", "plain101", "plain152"}
 
 
 def loaded(model, arch: str) -> LoadedModel:
     return LoadedModel(model, arch, model.fc.out_features, model.conv1.in_channels, {}, None, [])
 
 
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in ARCHS])
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.deep) if a in DEEP else a for a in ARCHS])
 def test_every_arch_exports_with_onnxruntime_parity(tmp_path, realistic_model, arch):
     spec = ARCHS[arch]
     out = tmp_path / f"{arch}.onnx"

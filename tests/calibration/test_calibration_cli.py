@@ -29,7 +29,7 @@ def test_no_reduce_range_keeps_full_range_cpu_weights(run_cli, tmp_path, demo_fp
     from onnx import numpy_helper
 
     result = run_cli("calibrate", demo_fp32, "--calib-data", "demo:train", "--calib-samples", "64", "--target", "cpu",
-                     "--no-reduce-range", "-o", "full.onnx", "--json", "full.json")
+                     "--no-reduce-range", "--calib-refine", "none", "-o", "full.onnx", "--json", "full.json")
     assert result.exit_code == 0, result
     assert "full-range weights" in result.stdout and "run it only on CPUs with VNNI" in result.stdout
     assert json.loads((tmp_path / "full.json").read_text())["reduce_range"] is False
@@ -39,7 +39,8 @@ def test_no_reduce_range_keeps_full_range_cpu_weights(run_cli, tmp_path, demo_fp
     assert '"reduce_range": false' in {p.key: p.value for p in model.metadata_props}["calibration"]
     shown = run_cli("inspect", "full.onnx")
     assert "for cpu on 64 samples" in shown.stdout and "weights in [-127, 127] (exact only on CPUs with VNNI)" in shown.stdout
-    trt = run_cli("calibrate", demo_fp32, "--calib-data", "demo:train", "--calib-samples", "64", "-o", "trt.onnx")
+    trt = run_cli("calibrate", demo_fp32, "--calib-data", "demo:train", "--calib-samples", "64", "--calib-refine", "none",
+                  "-o", "trt.onnx")
     assert trt.exit_code == 0, trt
     assert "weights in" not in run_cli("inspect", "trt.onnx").stdout  # the trt target has one weight range
 

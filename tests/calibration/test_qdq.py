@@ -125,9 +125,9 @@ def test_cpu_target_weights_use_the_reduced_range(quantized, exported):
     from rexport.calibration.qdq import REDUCED_WEIGHT_QMAX, QParams, insert_qdq
 
     assert 2 * 255 * REDUCED_WEIGHT_QMAX <= 2 ** 15 - 1 < 2 * 255 * (REDUCED_WEIGHT_QMAX + 1)
-    for target, qmax in (("cpu", 64), ("trt", 127)):
-        weights = _weights(onnx.load(str(quantized("resnet18", target).path)))
-        assert len(weights) == 21  # 20 convs + fc
+    for target, qmax in (("cpu", 64), ("trt", 127)):  # resnet20: calibrated with the refinements (GPTQ)
+        weights = _weights(onnx.load(str(quantized("resnet20", target).path)))
+        assert len(weights) == 20  # 19 convs + fc
         for per_channel in weights:  # each output channel spans the range (scale = max |w| / qmax); GPTQ
             # rounding may pull a channel's largest weight one step in, never past the range
             assert (per_channel <= qmax).all() and (per_channel >= qmax - 1).all(), (target, per_channel)

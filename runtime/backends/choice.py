@@ -47,14 +47,19 @@ def choose_backend(path: Path, backend: str = "auto", providers="auto") -> str:
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # x86 int8 dot products that add in int32
 
 
-def cpu_flags() -> set[str] | None:
-    """This CPU's feature flags (Linux's /proc/cpuinfo); None where they cannot be read."""
+def cpuinfo(field: str) -> str | None:
+    """The value of the first `field` line of Linux's /proc/cpuinfo; None where there is none."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            line = next((line for line in f if line.startswith("flags")), None)
+            return next((line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == field), None)
     except OSError:
         return None
-    return set(line.split(":", 1)[1].split()) if line else None
+
+
+def cpu_flags() -> set[str] | None:
+    """This CPU's feature flags; None where they cannot be read."""
+    flags = cpuinfo("flags")
+    return set(flags.split()) if flags is not None else None
 
 
 def int8_saturates_here() -> bool:
@@ -97,12 +102,7 @@ def machine() -> str:
     """This machine's CPU, as the key of a saved backend choice (a choice holds where it was measured)."""
     import platform
 
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        name = ""
-    return f"{platform.machine()} {name or platform.processor()} {os.cpu_count()} cores".strip()
+    return f"{platform.machine()} {cpuinfo('model name') or platform.processor()} {os.cpu_count()} cores".strip()
 
 
 def saved_choice(bundle_root: Path, model_file: str) -> str | None:

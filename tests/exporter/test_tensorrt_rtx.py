@@ -5,7 +5,7 @@ Every zoo family (ResNet, ResNeXt, Wide ResNet at 32x32; pre-activation; CIFAR o
 plain) is built in FP16 through `build_engine` (and in FP32, but for the three 50-layer
 bottleneck families, whose FP32 path is the same as ResNet-18's) and in INT8 through the CLI's
 `--int8 --calib-data`, then the engines from a bundle, for chosen GPUs, from ready FP16 / Q/DQ
-files and with a static batch: 31 engines. Then what TensorRT must refuse (the cpu-target INT8
+files and with a static batch: 28 engines. Then what TensorRT must refuse (the cpu-target INT8
 file, an op it cannot import, FP32 on Turing) is refused with one line naming the cause, and
 nothing is written.
 
@@ -139,7 +139,7 @@ def test_every_family_builds_in_fp32_fp16_and_int8(tmp_path, models, calib, rtx,
     assert "--compute-capability 8.6,8.9" in side.rebuild_command and "int8" in printed
     sizes["int8"] = (tmp_path / "m.int8.engine").stat().st_size
     if family[0] not in ("resnet20", "plain20"):  # weights dominate the plan: the precision reached them
-        assert sizes.get("fp32", 2 * sizes["fp16"]) > 1.6 * sizes["fp16"] and sizes["int8"] < 0.8 * sizes["fp16"], sizes
+        assert sizes["int8"] < 0.8 * sizes["fp16"] and ("fp32" not in sizes or sizes["fp16"] < 0.6 * sizes["fp32"]), sizes
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"m.{precision}.engine{suffix}" for precision in sizes for suffix in ("", ".json"))
 
